@@ -1,0 +1,156 @@
+"""AVC-LM video tokens: the bytes of a canonical H.264 Annex-B stream (arXiv 2408.08459).
+
+The first seconds of the video are resampled to a low frame rate, scaled and letterboxed
+to a small canvas and encoded by libx264 with a fixed, simple recipe: baseline profile,
+constant QP, no B-frames, one macroblock per slice, one thread (so the bytes do not
+depend on scheduling). The x264 banner SEI (NAL type 6: the encoder's version and option
+string, identical for every video and tied to the x264 build) is removed: decoders do not
+need it and it would make the tokens depend on the build.
+"""
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from operators.base import MediaError, TokenOutput
+from operators.byte_tokens import bytes_to_tokens, tokens_to_bytes
+from operators.media_decode import ffmpeg_args, ffmpeg_error, ffmpeg_input, media_source, run_ffmpeg, decode_video
+
+_SLICE_TYPES = (1, 5)
+
+
+def count_frames(annexb: bytes) -> int:
+    """Counts pictures in an H.264 Annex-B stream (slices whose first macroblock is 0).
+
+    ``first_mb_in_slice`` is the first Exp-Golomb field of a slice header; the value 0 is
+    coded as the single bit ``1``, so it is the top bit of the byte after the NAL header.
+    """
+    frames = 0
+    start = annexb.find(b"\x00\x00\x01")
+    while start >= 0:
+        header = start + 3
+        if header + 1 < len(annexb):
+            nal_type = annexb[header] & 0x1F
+            if nal_type in _SLICE_TYPES and annexb[header + 1] & 0x80:
+                frames += 1
+        start = annexb.find(b"\x00\x00\x01", header)
+    return frames
+
+
+class AvcTokenizer:
+    """Video → AVC-LM byte tokens, and back to frames.
+
+    Args:
+        seconds: Length of the clip taken from the start of the video.
+        fps: Frame rate of the clip.
+        width: Canvas width (the picture is scaled to fit and padded with black).
+        height: Canvas height.
+        qp: libx264 constant quantizer.
+        ffmpeg_path: ffmpeg binary to use instead of the default.
+    """
+
+    name = "avc-lm"
+    modality = "video"
+
+    def __init__(
+        self,
+        seconds: float = 5.0,
+        fps: float = 3.0,
+        width: int = 256,
+        height: int = 144,
+        qp: int = 37,
+        ffmpeg_path: Optional[str] = None,
+    ):
+        if width % 2 or height % 2:
+            raise ValueError(f"yuv420p needs an even canvas, got {width}x{height}")
+        self.seconds = seconds
+        self.fps = fps
+        self.width = width
+        self.height = height
+        self.qp = qp
+        self.ffmpeg_path = ffmpeg_path
+        self.version = f"1-{width}x{height}-{fps:g}fps-{seconds:g}s-qp{qp}"
+
+    def _encoder_options(self) -> Dict[str, Any]:
+        return {
+            "format": "h264",
+            "t": self.seconds,
+            "an": None,
+            "vcodec": "libx264",
+            "pix_fmt": "yuv420p",
+            "profile:v": "baseline",
+            "qp": self.qp,
+            "bf": 0,
+            "x264opts": "slice-max-mbs=1",
+            "trellis": 0,
+            "me_method": "dia",
+            "threads": 1,
+            "subq": 0,
+            "psy": 0,
+            "mixed-refs": 0,
+            "fast-pskip": 0,
+            "partitions": "none",
+            "refs": 3,
+            "bsf:v": "h264_mp4toannexb,filter_units=remove_types=6",
+            "fflags": "+bitexact",
+            "flags": "+bitexact",
+        }
+
+    def to_annexb(self, data: bytes | str) -> bytes:
+        """Encodes a video (bytes or local path) to the canonical Annex-B stream.
+
+        Raises:
+            MediaError: Empty or undecodable input, or no video stream.
+        """
+        with media_source(data) as (url, stdin):
+            video = (
+                ffmpeg_input(url)["v:0"]
+                .filter("fps", fps=self.fps)
+                .filter("scale", self.width, self.height, force_original_aspect_ratio="decrease")
+                .filter("pad", self.width, self.height, "(ow-iw)/2", "(oh-ih)/2")
+            )
+            args = ffmpeg_args(video.output("pipe:", **self._encoder_options()), self.ffmpeg_path, stdin is not None)
+            proc = run_ffmpeg(args, stdin)
+        if proc.returncode != 0:
+            raise MediaError(ffmpeg_error(proc.stderr, "video"))
+        if count_frames(proc.stdout) == 0:
+            raise MediaError("the video stream decoded to 0 frames")
+        return proc.stdout
+
+    def encode(self, data: bytes) -> TokenOutput:
+        """Tokenizes one encoded video.
+
+        Returns:
+            ``[BOS, *annexb_bytes, EOS]`` and meta with ``num_frames``, ``duration_s`` (of
+            the tokenized clip), ``width``, ``height``, ``fps`` and ``num_bytes``.
+
+        Raises:
+            MediaError: Empty or undecodable input, or no video stream.
+        """
+        annexb = self.to_annexb(data)
+        frames = count_frames(annexb)
+        meta = {
+            "num_frames": frames,
+            "duration_s": frames / self.fps,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+            "num_bytes": len(annexb),
+        }
+        return TokenOutput(bytes_to_tokens(annexb), meta)
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """Decodes tokens back to frames ``[N, height, width, 3]`` uint8 with ffmpeg.
+
+        Raises:
+            MediaError: If the tokens hold no decodable H.264 picture.
+        """
+        annexb = tokens_to_bytes(tokens)
+        frames = count_frames(annexb)
+        if frames == 0:
+            raise MediaError("tokens hold no H.264 picture")
+        return decode_video(
+            annexb, None, self.width, self.height, max_frames=frames,
+            input_format="h264", ffmpeg_path=self.ffmpeg_path,
+        )
+

@@ -1,0 +1,55 @@
+"""The ``mediabeam`` command: one sub-command per job, each with Beam's PipelineOptions."""
+
+import importlib
+import sys
+from typing import Dict, List, Optional
+
+from pipelines.common import ConfigError
+
+# Job name -> "module:function". Modules are imported only when their job runs, so a
+# job's heavy dependencies never slow down another job or ``--help``.
+JOBS: Dict[str, str] = {
+    "build-corpus": "pipelines.build_corpus:run",
+    "make-samples": "pipelines.make_samples:run",
+}
+
+DESCRIPTIONS: Dict[str, str] = {
+    "build-corpus": "tokenize sharded media into a Parquet (and WebDataset) token corpus",
+    "make-samples": "write the embedded synthetic sample shards (no download)",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: mediabeam JOB [job flags] [Beam pipeline options]", "", "jobs:"]
+    for name in sorted(JOBS):
+        lines.append(f"  {name:<20} {DESCRIPTIONS.get(name, '')}")
+    lines += [
+        "",
+        "Run `mediabeam JOB --help` for a job's flags. Standard Beam options (--runner,",
+        "--direct_num_workers, --direct_running_mode, --setup_file, ...) pass through.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Dispatches to a job; bad configuration exits 2 with a message saying how to fix it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in JOBS:
+        print(f"mediabeam: unknown job {name!r}.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = JOBS[name].split(":")
+    job = getattr(importlib.import_module(module_name), func_name)
+    try:
+        job(rest)
+    except ConfigError as err:
+        print(f"mediabeam {name}: {err.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

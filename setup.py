@@ -1,0 +1,34 @@
+"""Installs mediabeam; Beam workers install the job through ``--setup_file ./setup.py``."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mediabeam",
+    version="0.1.0",
+    description="Apache Beam pipelines that run model-backed operators over sharded media.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipelines*", "transforms*", "operators*", "schemas*"]),
+    package_data={"operators": ["assets/*"]},
+    include_package_data=True,
+    install_requires=[
+        "apache-beam>=2.60,<3",
+        "torch>=2.2,<3",
+        "pyarrow>=14,<26",
+        "numpy>=1.26,<2.5",
+        "numba>=0.60,<1",
+        "ffmpeg-python>=0.2,<0.3",
+        "imageio-ffmpeg>=0.5,<1",
+        "webdataset>=0.2.86,<2",
+        "pillow>=10.2,<13",
+        "pyyaml>=6,<7",
+        "scipy>=1.11,<2",  # Beam RunInference's model manager (memory metrics) needs it
+        "safetensors>=0.4,<1",
+        "sentencepiece>=0.2,<0.3",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "constriction>=0.4,<1"],
+        "bench": ["faiss-cpu>=1.8,<2", "constriction>=0.4,<1", "zstandard>=0.22", "matplotlib>=3.8"],
+        "cuda": ["numba-cuda[cu13]>=0.20"],
+    },
+    entry_points={"console_scripts": ["mediabeam=pipelines.cli:main"]},
+)

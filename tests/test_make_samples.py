@@ -1,0 +1,87 @@
+"""pipelines.make_samples: deterministic sample shards and the hostile set's promised outcomes."""
+
+import json
+import tarfile
+
+import pytest
+
+from operators.base import MediaError, modality_of
+from operators.registry import DEFAULT_TOKENIZER_FOR_MODALITY, build_tokenizer
+from pipelines import make_samples
+from pipelines.common import ConfigError
+
+
+def _members(path: str):
+    with tarfile.open(path) as tar:
+        return [(info.name, tar.extractfile(info).read()) for info in tar]
+
+
+def test_sample_shards_are_deterministic_and_counted(tmp_path):
+    first = make_samples.run(["--output", str(tmp_path / "a"), "--num-shards", "2", "--samples-per-shard", "5"])
+    second = make_samples.write_sample_shards(str(tmp_path / "b"), 2, 5, seed=0)
+    other = make_samples.write_sample_shards(str(tmp_path / "c"), 2, 5, seed=1)
+    assert list(first["shards"].values()) == [5, 5] and len(first["broken"]) == 2
+    for path_a, path_b, path_c in zip(first["shards"], second["shards"], other["shards"]):
+        with open(path_a, "rb") as a, open(path_b, "rb") as b, open(path_c, "rb") as c:
+            bytes_a = a.read()
+            assert bytes_a == b.read() and bytes_a != c.read()
+    members = _members(next(iter(first["shards"])))
+    keys = {name.split(".", 1)[0] for name, _ in members}
+    assert len(keys) == 5 and {name.rsplit(".", 1)[1] for name, _ in members} >= {"jpg", "mp4", "wav", "json", "txt"}
+    record = json.loads(dict(members)["s000000-0000.json"])
+    assert record["kind"] == "image" and record["caption"].startswith("a synthetic image")
+    assert sum(first["shards"].values()) == len(first["kinds"])
+
+
+def test_broken_samples_fail_and_good_ones_tokenize(tmp_path):
+    result = make_samples.write_sample_shards(str(tmp_path), 4, 4, seed=3)
+    tokenizers = {m: build_tokenizer(n) for m, n in DEFAULT_TOKENIZER_FOR_MODALITY.items()}
+    outcomes = {}
+    for path in result["shards"]:
+        for name, payload in _members(path):
+            key, ext = name.split(".", 1)
+            if modality_of(ext) is None:
+                continue
+            try:
+                tokenizers[modality_of(ext)].encode(payload)
+                outcomes[key] = "ok"
+            except MediaError:
+                outcomes[key] = "error"
+    assert {k for k, v in outcomes.items() if v == "error"} == set(result["broken"])
+    assert len(outcomes) == len(result["kinds"])
+
+
+def test_hostile_set_outcomes_match_what_it_promises(tmp_path):
+    result = make_samples.write_hostile_shards(str(tmp_path))
+    assert sum(result["shards"].values()) == len(result["expected"])
+    clean, truncated = sorted(result["shards"])
+    tokenizers = {m: build_tokenizer(n) for m, n in DEFAULT_TOKENIZER_FOR_MODALITY.items()}
+    names = []
+    for name, payload in _members(clean):
+        key, ext = name.rsplit(".", 1)
+        names.append(name)
+        if key == "../../x":  # the reader refuses the name; the payload itself is a fine JPEG
+            continue
+        if result["expected"][key] == "row":
+            assert tokenizers[modality_of(ext)].encode(payload).tokens.size > 2, key
+        else:
+            with pytest.raises(MediaError):
+                tokenizers[modality_of(ext)].encode(payload)
+    assert "../../x.jpg" in names and len(names) == result["shards"][clean]
+    read = []
+    with pytest.raises(tarfile.ReadError):
+        with tarfile.open(truncated, mode="r|") as tar:
+            for info in tar:
+                read.append(info.name)
+                tar.extractfile(info).read()
+    assert read == ["trunc-a.jpg", "trunc-b.wav", "trunc-c.jpg"]
+    assert [k for k in ("trunc-a", "trunc-b", "trunc-c") if result["expected"][k] == "row"] == ["trunc-a", "trunc-b"]
+
+
+def test_bad_flags_fail_before_writing(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        make_samples.run(["--output", str(not_a_dir)])
+    with pytest.raises(ConfigError, match="at least 1"):
+        make_samples.run(["--output", str(tmp_path / "o"), "--num-shards", "0"])
