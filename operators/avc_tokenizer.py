@@ -8,13 +8,15 @@ string, identical for every video and tied to the x264 build) is removed: decode
 need it and it would make the tokens depend on the build.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from operators.base import MediaError, TokenOutput
 from operators.byte_tokens import bytes_to_tokens, tokens_to_bytes
-from operators.media_decode import ffmpeg_args, ffmpeg_error, ffmpeg_input, media_source, run_ffmpeg, decode_video
+from operators.media_decode import (
+    decode_video, ffmpeg_args, ffmpeg_error, ffmpeg_input, media_source, parse_input_info, run_ffmpeg,
+)
 
 _SLICE_TYPES = (1, 5)
 
@@ -61,8 +63,10 @@ class AvcTokenizer:
         qp: int = 37,
         ffmpeg_path: Optional[str] = None,
     ):
-        if width % 2 or height % 2:
-            raise ValueError(f"yuv420p needs an even canvas, got {width}x{height}")
+        if width <= 0 or height <= 0 or width % 2 or height % 2:
+            raise ValueError(f"yuv420p needs an even, positive canvas, got {width}x{height}")
+        if seconds <= 0 or fps <= 0 or not 0 <= qp <= 51:
+            raise ValueError(f"need seconds > 0, fps > 0 and 0 <= qp <= 51; got {seconds}, {fps}, {qp}")
         self.seconds = seconds
         self.fps = fps
         self.width = width
@@ -96,8 +100,12 @@ class AvcTokenizer:
             "flags": "+bitexact",
         }
 
-    def to_annexb(self, data: bytes | str) -> bytes:
+    def to_annexb(self, data: bytes | str) -> Tuple[bytes, Dict[str, Any]]:
         """Encodes a video (bytes or local path) to the canonical Annex-B stream.
+
+        Returns:
+            The Annex-B bytes and the source's stream summary (see
+            :func:`operators.media_decode.probe`), parsed from the same ffmpeg run.
 
         Raises:
             MediaError: Empty or undecodable input, or no video stream.
@@ -109,32 +117,33 @@ class AvcTokenizer:
                 .filter("scale", self.width, self.height, force_original_aspect_ratio="decrease")
                 .filter("pad", self.width, self.height, "(ow-iw)/2", "(oh-ih)/2")
             )
-            args = ffmpeg_args(video.output("pipe:", **self._encoder_options()), self.ffmpeg_path, stdin is not None)
-            proc = run_ffmpeg(args, stdin)
+            output = video.output("pipe:", **self._encoder_options())
+            proc = run_ffmpeg(ffmpeg_args(output, self.ffmpeg_path, stdin is not None, loglevel="info"), stdin)
         if proc.returncode != 0:
             raise MediaError(ffmpeg_error(proc.stderr, "video"))
         if count_frames(proc.stdout) == 0:
             raise MediaError("the video stream decoded to 0 frames")
-        return proc.stdout
+        return proc.stdout, parse_input_info(proc.stderr) or {}
 
     def encode(self, data: bytes) -> TokenOutput:
         """Tokenizes one encoded video.
 
         Returns:
-            ``[BOS, *annexb_bytes, EOS]`` and meta with ``num_frames``, ``duration_s`` (of
-            the tokenized clip), ``width``, ``height``, ``fps`` and ``num_bytes``.
+            ``[BOS, *annexb_bytes, EOS]`` and meta: ``num_frames`` and ``duration_s`` of the
+            tokenized clip, the source's ``width``, ``height`` and ``source_duration_s``
+            (``None`` when ffmpeg cannot tell), and ``num_bytes``.
 
         Raises:
             MediaError: Empty or undecodable input, or no video stream.
         """
-        annexb = self.to_annexb(data)
+        annexb, source = self.to_annexb(data)
         frames = count_frames(annexb)
         meta = {
             "num_frames": frames,
             "duration_s": frames / self.fps,
-            "width": self.width,
-            "height": self.height,
-            "fps": self.fps,
+            "width": source.get("width"),
+            "height": source.get("height"),
+            "source_duration_s": source.get("duration"),
             "num_bytes": len(annexb),
         }
         return TokenOutput(bytes_to_tokens(annexb), meta)

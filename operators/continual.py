@@ -38,7 +38,7 @@ rejected for convs and pools; a state whose batch size differs from the input ra
 instead of broadcasting.
 """
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
@@ -693,3 +693,51 @@ def state_from_numpy(tree: State) -> State:
     if isinstance(tree, np.ndarray):
         return torch.from_numpy(np.array(tree, copy=True))
     return tree
+
+
+class StreamStepper:
+    """Runs a continual module on one stream with numpy frames and numpy state.
+
+    This is what keyed stateful runners (Beam state, checkpoints) hold: the state goes in
+    and out as a numpy tree, so any pickle-based coder can store it between frames.
+
+    Args:
+        module: The continual network (in eval mode).
+        preprocess: Maps one input frame (e.g. ``[H, W, 3]`` uint8) to ``[C, H, W]`` float.
+    """
+
+    def __init__(self, module: CoModule, preprocess: Callable[[np.ndarray], Tensor]):
+        self.module = module.eval()
+        self.preprocess = preprocess
+
+    @property
+    def delay(self) -> int:
+        """Frames before the first output."""
+        return self.module.delay
+
+    @property
+    def stride(self) -> int:
+        """Frames between outputs."""
+        return self.module.stride
+
+    def init_state(self) -> State:
+        """A fresh single-stream state, as numpy."""
+        return state_to_numpy(self.module.init_state(1))
+
+    def step(self, frame: np.ndarray, state: State) -> Tuple[Optional[np.ndarray], State]:
+        """One frame in; ``(output [..] as float32 numpy or None, new numpy state)``."""
+        with torch.inference_mode():
+            x = self.preprocess(frame).unsqueeze(0)
+            y, new = self.module.step(x, state_from_numpy(state))
+            out = None if y is None else y[0].float().numpy().copy()
+            return out, state_to_numpy(new)
+
+    def steps(self, frames: Iterable[np.ndarray]) -> Iterator[Tuple[int, np.ndarray]]:
+        """Streams ``(frame index, output)`` for every frame that completes an output,
+        keeping the state as tensors between frames (no numpy round trip)."""
+        state = self.module.init_state(1)
+        with torch.inference_mode():
+            for t, frame in enumerate(frames):
+                y, state = self.module.step(self.preprocess(frame).unsqueeze(0), state)
+                if y is not None:
+                    yield t, y[0].float().numpy().copy()

@@ -281,7 +281,7 @@ class FeatureCodec:
         x = np.asarray(x)
         if x.dtype.type not in FLOAT_DTYPES:
             raise ValueError(f"features must be float16/32/64, got {x.dtype}")
-        return np.ascontiguousarray(x)
+        return np.require(x, requirements="C")
 
     def _inline_params(self, x: np.ndarray, bits: int, axis: Optional[int]) -> UniformParams:
         stats_axis = axis if self.granularity == "channel" else None

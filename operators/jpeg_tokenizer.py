@@ -44,6 +44,11 @@ class JpegTokenizer:
         restart_marker_rows: int = 1,
         max_pixels: int = 64_000_000,
     ):
+        if size < 8 or not 1 <= quality <= 100 or restart_marker_rows < 0:
+            raise ValueError(f"need size >= 8, 1 <= quality <= 100, restart_marker_rows >= 0; got "
+                             f"size={size}, quality={quality}, restart_marker_rows={restart_marker_rows}")
+        if subsampling not in ("4:4:4", "4:2:2", "4:2:0"):
+            raise ValueError(f"subsampling must be '4:4:4', '4:2:2' or '4:2:0', not {subsampling!r}")
         self.size = size
         self.quality = quality
         self.subsampling = subsampling

@@ -123,11 +123,11 @@ def ffmpeg_error(stderr: bytes, what: str) -> str:
     text = stderr.decode("utf-8", "replace")
     if "matches no streams" in text or "does not contain any stream" in text:
         return f"no {what} stream in the payload"
-    if "Invalid data found when processing input" in text or "could not find codec" in text.lower():
+    if "Invalid data found when processing input" in text:
         return "not a decodable media file (ffmpeg: Invalid data found when processing input)"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    tail = lines[-1] if lines else "no output"
-    return f"ffmpeg could not decode the {what}: {tail[:300]}"
+    errors = [line for line in lines if "rror" in line or "nvalid" in line] or lines or ["no output"]
+    return f"ffmpeg could not decode the {what}: {errors[-1][:300]}"
 
 
 def run_ffmpeg(args: Sequence[str], stdin: Optional[bytes]) -> subprocess.CompletedProcess:
@@ -204,7 +204,7 @@ def iter_video_frames(
         ffmpeg_path: ffmpeg binary to use instead of the default.
 
     Yields:
-        Frames ``[height, width, 3]`` uint8.
+        Frames ``[height, width, 3]`` uint8 (each its own writable buffer).
 
     Raises:
         MediaError: Empty or undecodable payload, no video stream, or no frame decoded.
@@ -255,8 +255,8 @@ def _stream_frames(
     finished = False
     try:
         while True:
-            buffer = proc.stdout.read(frame_bytes)
-            if len(buffer) < frame_bytes:
+            buffer = bytearray(frame_bytes)
+            if proc.stdout.readinto(buffer) < frame_bytes:
                 break
             frames += 1
             yield np.frombuffer(buffer, dtype=np.uint8).reshape(shape)
@@ -322,7 +322,7 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
-        raise MediaError(f"image too large to decode safely: {error}") from error
+        raise MediaError(f"image too large to decode safely (limit {max_pixels} pixels): {error}") from error
     except Image.UnidentifiedImageError as error:
         raise MediaError("not a decodable image: Pillow cannot identify its format") from error
     except (OSError, SyntaxError, ValueError) as error:
@@ -367,9 +367,21 @@ def probe(data: bytes | str, ffmpeg_path: Optional[str] = None) -> Dict[str, Any
     with media_source(data) as (url, stdin):
         stream = ffmpeg_input(url).output("-", format="null", t=0)
         proc = run_ffmpeg(ffmpeg_args(stream, ffmpeg_path, stdin is not None, loglevel="info"), stdin)
-    text = proc.stderr.decode("utf-8", "replace")
-    if "Input #0" not in text:
+    info = parse_input_info(proc.stderr)
+    if info is None:
         raise MediaError(ffmpeg_error(proc.stderr, "media"))
+    return info
+
+
+def parse_input_info(stderr: bytes) -> Optional[Dict[str, Any]]:
+    """Parses the input summary ffmpeg logs at ``info`` level (see :func:`probe`).
+
+    Returns ``None`` when the log has no ``Input #0`` section (ffmpeg did not recognise it).
+    """
+    text = stderr.decode("utf-8", "replace")
+    if "Input #0" not in text:
+        return None
+    text = re.split(r"\n(?:Stream mapping|Output #0)", text[text.index("Input #0") :])[0]
     info: Dict[str, Any] = {
         "duration": None, "has_audio": False, "has_video": False,
         "width": None, "height": None, "fps": None, "sample_rate": None,

@@ -171,6 +171,9 @@ class OpusTokenizer:
     ):
         if sample_rate not in (8000, 12000, 16000, 24000, 48000):
             raise ValueError(f"Opus encodes 8/12/16/24/48 kHz, not {sample_rate} Hz")
+        if frame_ms not in (2.5, 5, 10, 20, 40, 60) or not 6000 <= bitrate <= 510000:
+            raise ValueError(f"need frame_ms in 2.5/5/10/20/40/60 and 6000 <= bitrate <= 510000; "
+                             f"got {frame_ms}, {bitrate}")
         self.bitrate = bitrate
         self.frame_ms = frame_ms
         self.sample_rate = sample_rate

@@ -14,6 +14,7 @@ Decoding only ever computes ``(q - zero_point) * scale`` in float32 (or looks up
 centroids) and casts to the original dtype, so encoder and decoder agree bit for bit.
 """
 
+import importlib
 import importlib.util
 import struct
 from typing import NamedTuple, Optional, Tuple
@@ -178,7 +179,7 @@ def quantize_uniform(
         q = np.round(x.astype(np.float64) / scale) + zero_point
         if outliers == "clip":
             q = np.clip(q, 0, levels)
-        on_grid = (q >= 0) & (q <= levels)
+        on_grid = (q >= 0) & (q <= levels) & np.isfinite(x)
     symbols = np.where(on_grid, q, levels + 1).astype(np.uint16)
     return symbols, np.ascontiguousarray(x[~on_grid])
 
@@ -189,7 +190,7 @@ def dequantize_uniform(
     """Inverse of ``quantize_uniform`` up to rounding: float32 grid values, escapes verbatim."""
     scale = _per_channel(params.scale, symbols.ndim, channel_axis)
     zero_point = _per_channel(params.zero_point.astype(np.float32), symbols.ndim, channel_axis)
-    out = ((symbols.astype(np.float32) - zero_point) * scale).astype(dtype)
+    out = np.array((symbols.astype(np.float32) - zero_point) * scale, dtype=dtype)
     escaped = symbols > (1 << params.bits) - 1
     if int(escaped.sum()) != escapes.size:
         raise ValueError(f"{int(escaped.sum())} escape symbols but {escapes.size} escaped values")
@@ -197,16 +198,23 @@ def dequantize_uniform(
     return out
 
 
-def nearest_centroid_numpy(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of the nearest centroid (squared L2) for each row, via ``|c|² - 2 x·c``."""
+def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid (squared L2) for each row of ``vectors``.
+
+    Uses the fused Numba kernel ``operators.kernels.nearest.assign`` when it is installed,
+    else NumPy via ``|c|² - 2 x·c`` (no ``|x|²`` term: it does not change the argmin).
+    """
+    if _KERNEL is not None:
+        return _KERNEL.assign(vectors, centroids)[0]
     c2 = np.einsum("kd,kd->k", centroids, centroids)
     return np.argmin(c2[None, :] - 2.0 * (vectors @ centroids.T), axis=1)
 
 
-if importlib.util.find_spec("operators.kernels.nearest") is not None:
-    from operators.kernels.nearest import nearest_centroid
-else:
-    nearest_centroid = nearest_centroid_numpy
+_KERNEL = (
+    importlib.import_module("operators.kernels.nearest")
+    if importlib.util.find_spec("operators.kernels.nearest") is not None
+    else None
+)
 
 
 class Codebook(NamedTuple):

@@ -1,24 +1,35 @@
 """Tokenizers by name: the one place a job looks up what ``--tokenizer NAME`` builds.
 
-Register a new tokenizer by adding one ``name: factory`` entry to :data:`TOKENIZERS`; the
-factory takes keyword options and returns an object implementing
-:class:`operators.base.Tokenizer`. Factories must be cheap (no weights loaded at import).
+Register a new tokenizer by adding one ``name: "module:Class"`` entry to :data:`TOKENIZERS`.
+The class takes keyword options, has a ``modality`` class attribute and implements
+:class:`operators.base.Tokenizer`. Entries are imported only when used, so a job that
+tokenizes JPEGs never imports torch; constructors must be cheap (weights load lazily).
 """
 
+import importlib
 from typing import Any, Callable, Dict
 
-from operators.avc_tokenizer import AvcTokenizer
 from operators.base import Tokenizer
-from operators.jpeg_tokenizer import JpegTokenizer
-from operators.opus_tokenizer import OpusTokenizer
 
-TOKENIZERS: Dict[str, Callable[..., Tokenizer]] = {
-    "jpeg": JpegTokenizer,
-    "avc": AvcTokenizer,
-    "opus": OpusTokenizer,
+TOKENIZERS: Dict[str, str] = {
+    "jpeg": "operators.jpeg_tokenizer:JpegTokenizer",
+    "avc": "operators.avc_tokenizer:AvcTokenizer",
+    "opus": "operators.opus_tokenizer:OpusTokenizer",
 }
 
 DEFAULT_TOKENIZER_FOR_MODALITY: Dict[str, str] = {"image": "jpeg", "video": "avc", "audio": "opus"}
+
+
+def tokenizer_class(name: str) -> Callable[..., Tokenizer]:
+    """Imports and returns the class registered as ``name``.
+
+    Raises:
+        ValueError: If ``name`` is not registered, listing the known names.
+    """
+    if name not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {name!r}; known tokenizers: {sorted(TOKENIZERS)}")
+    module, attr = TOKENIZERS[name].split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def build_tokenizer(name: str, **kwargs: Any) -> Tokenizer:
@@ -27,17 +38,9 @@ def build_tokenizer(name: str, **kwargs: Any) -> Tokenizer:
     Raises:
         ValueError: If ``name`` is not registered, listing the known names.
     """
-    if name not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {name!r}; known tokenizers: {sorted(TOKENIZERS)}")
-    return TOKENIZERS[name](**kwargs)
+    return tokenizer_class(name)(**kwargs)
 
 
 def tokenizer_modality(name: str) -> str:
-    """Returns the modality (``image``/``video``/``audio``) of a registered tokenizer.
-
-    Raises:
-        ValueError: If ``name`` is not registered, listing the known names.
-    """
-    factory = TOKENIZERS.get(name)
-    modality = getattr(factory, "modality", None)
-    return modality if isinstance(modality, str) else build_tokenizer(name).modality
+    """Returns the modality (``image``/``video``/``audio``) of a registered tokenizer."""
+    return tokenizer_class(name).modality

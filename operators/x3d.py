@@ -15,8 +15,9 @@ the final global average only pools space.
 """
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -27,6 +28,7 @@ from operators.continual import (
     CoParallel,
     CoPerFrame,
     CoSequential,
+    StreamStepper,
     from_module,
     register_converter,
 )
@@ -269,14 +271,14 @@ def create_x3d(
     return net
 
 
-def x3d_s(num_classes: int = 400, **kwargs) -> Net:
-    """X3D-S: 13×160² clips (pytorchvideo ``x3d_s``)."""
-    return create_x3d(clip_length=13, crop_size=160, num_classes=num_classes, **kwargs)
+def x3d_s(num_classes: int = 400, clip_length: int = 13, crop_size: int = 160, **kwargs) -> Net:
+    """X3D-S: 13×160² clips (pytorchvideo ``x3d_s``); the sizes only set the head pool."""
+    return create_x3d(clip_length=clip_length, crop_size=crop_size, num_classes=num_classes, **kwargs)
 
 
-def x3d_m(num_classes: int = 400, **kwargs) -> Net:
-    """X3D-M: 16×224² clips (pytorchvideo ``x3d_m``)."""
-    return create_x3d(clip_length=16, crop_size=224, num_classes=num_classes, **kwargs)
+def x3d_m(num_classes: int = 400, clip_length: int = 16, crop_size: int = 224, **kwargs) -> Net:
+    """X3D-M: 16×224² clips (pytorchvideo ``x3d_m``); the sizes only set the head pool."""
+    return create_x3d(clip_length=clip_length, crop_size=crop_size, num_classes=num_classes, **kwargs)
 
 
 def make_se_causal(net: nn.Module, window: int) -> nn.Module:
@@ -322,6 +324,45 @@ def co_x3d(net: Net, window: int = 16) -> CoModule:
     make_se_causal(net, window)
     set_temporal_window(net, window)
     return from_module(net)
+
+
+# pytorchvideo's Kinetics transform for X3D: scale to [0, 1], then normalise.
+X3D_MEAN = (0.45, 0.45, 0.45)
+X3D_STD = (0.225, 0.225, 0.225)
+VARIANTS = ("s", "m", "tiny")
+
+
+def x3d_preprocess(frame: np.ndarray) -> torch.Tensor:
+    """``[H, W, 3]`` uint8 RGB → ``[3, H, W]`` float32 normalised as for X3D training."""
+    x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(X3D_MEAN).view(3, 1, 1)
+    std = torch.tensor(X3D_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def build_x3d(variant: str, num_classes: int = 400, weights: Optional[str] = None, seed: int = 0) -> Net:
+    """X3D-S/M (or a ``tiny`` smoke-test variant): from a local checkpoint, else seeded
+    random weights."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if weights is not None:
+        if variant == "tiny":
+            raise ValueError("the tiny variant has no published checkpoint; drop --weights")
+        return load_x3d(weights, variant, num_classes)
+    torch.manual_seed(seed)
+    if variant == "tiny":
+        net = create_x3d(clip_length=4, crop_size=32, num_classes=num_classes, width_factor=1.0, depth_factor=0.5,
+                         stem_dim_in=4, bottleneck_factor=1.5, head_dim_out=16)
+    else:
+        net = {"s": x3d_s, "m": x3d_m}[variant](num_classes=num_classes)
+    return net.eval()
+
+
+def co_x3d_stepper(
+    variant: str = "s", window: int = 16, num_classes: int = 400, weights: Optional[str] = None, seed: int = 0
+) -> StreamStepper:
+    """A single-stream CoX3D runner on uint8 RGB frames (what the Beam transforms build)."""
+    return StreamStepper(co_x3d(build_x3d(variant, num_classes, weights, seed), window), x3d_preprocess)
 
 
 def _per_frame_head(head: ResNetBasicHead, **options) -> CoModule:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from operators.registry import DEFAULT_TOKENIZER_FOR_MODALITY, TOKENIZERS, tokenizer_modality
+from operators.registry import DEFAULT_TOKENIZER_FOR_MODALITY, TOKENIZERS, build_tokenizer, tokenizer_modality
 from pipelines.common import ConfigError, create_pipeline, expand_inputs, parse_job_args
 from transforms.errors import DEAD_LETTER_TAG
 from transforms.read_shards import ReadMediaShards
@@ -83,7 +83,12 @@ def resolve_tokenizers(args: argparse.Namespace) -> Dict[str, TokenizerModelHand
         modality = tokenizer_modality(name)
         if modality in handlers:
             raise ConfigError(f"--tokenizer lists two tokenizers for {modality}; keep one per modality")
-        handlers[modality] = TokenizerModelHandler(name, options.pop(name, {}), args.batch_size)
+        kwargs = options.pop(name, {})
+        try:
+            build_tokenizer(name, **kwargs)  # constructors are cheap and validate their options
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"--tokenizer-option for {name!r} is invalid: {err}")
+        handlers[modality] = TokenizerModelHandler(name, kwargs, args.batch_size)
     if options:
         raise ConfigError(f"--tokenizer-option names tokenizers not in use: {sorted(options)}")
     return handlers

@@ -10,12 +10,16 @@ from pipelines.common import ConfigError
 # job's heavy dependencies never slow down another job or ``--help``.
 JOBS: Dict[str, str] = {
     "build-corpus": "pipelines.build_corpus:run",
+    "compress-features": "pipelines.compress_features:run",
     "make-samples": "pipelines.make_samples:run",
+    "video-features": "pipelines.video_features:run",
 }
 
 DESCRIPTIONS: Dict[str, str] = {
     "build-corpus": "tokenize sharded media into a Parquet (and WebDataset) token corpus",
+    "compress-features": "split a model at a layer, compress its features, report rate vs quality",
     "make-samples": "write the embedded synthetic sample shards (no download)",
+    "video-features": "per-frame continual X3D (CoX3D) predictions for video shards, to Parquet",
 }
 
 

@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from operators.avc_tokenizer import AvcTokenizer, count_frames
@@ -134,6 +136,8 @@ def test_avc_recipe_structure(clip):
     types = _nal_types(annexb)
     assert types[:2] == [7, 8] and 5 in types and 6 not in types  # SPS, PPS, IDR; banner SEI gone
     assert out.meta["num_frames"] == 6 and out.meta["duration_s"] == pytest.approx(2.0)
+    assert (out.meta["width"], out.meta["height"]) == (320, 240)  # the source's size
+    assert out.meta["source_duration_s"] in (None, pytest.approx(2.0, abs=0.1))
     slices = sum(t in (1, 5) for t in types)
     assert slices == 6 * (256 // 16) * (144 // 16)  # one macroblock per slice
     assert annexb[5] == 66  # profile_idc of the SPS: baseline
@@ -210,6 +214,18 @@ def test_opus_framing_helpers():
         unpack_packets(pack_packets(312, 10, packets)[:-5])
 
 
+@settings(max_examples=50, deadline=None)
+@given(
+    st.integers(0, 65535),
+    st.integers(0, 2**32 - 1),
+    st.lists(st.binary(min_size=1, max_size=1400), max_size=6),
+)
+def test_packet_and_byte_framing_invert(pre_skip, num_samples, packets):
+    payload = pack_packets(pre_skip, num_samples, packets)
+    assert unpack_packets(payload) == (pre_skip, num_samples, packets)
+    assert tokens_to_bytes(bytes_to_tokens(payload)) == payload
+
+
 def test_opus_silence_and_hostile_inputs():
     tokenizer = OpusTokenizer()
     silent = tokenizer.decode(tokenizer.encode(wav_bytes(np.zeros(8000), 16000)).tokens)
@@ -259,6 +275,9 @@ def test_registry():
         clone = pickle.loads(pickle.dumps(tokenizer))
         assert (clone.name, clone.version) == (tokenizer.name, tokenizer.version)
     assert build_tokenizer("opus", bitrate=24000).bitrate == 24000
+    for name, bad in (("jpeg", {"quality": 0}), ("avc", {"width": 255}), ("opus", {"frame_ms": 7})):
+        with pytest.raises(ValueError):
+            build_tokenizer(name, **bad)
     with pytest.raises(ValueError, match="unknown tokenizer 'mp3'; known tokenizers") as error:
         build_tokenizer("mp3")
     assert all(repr(name) in str(error.value) for name in TOKENIZERS)

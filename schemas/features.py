@@ -1,0 +1,96 @@
+"""Compressed-feature records and the Parquet table of the compress-features job."""
+
+from typing import NamedTuple, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+
+class FeatureRecord(NamedTuple):
+    """Features of one sample at the split point, with the uncompressed model output.
+
+    Attributes:
+        key: WebDataset ``__key__``.
+        source: Shard the sample came from.
+        features: float32 features of this sample (no batch axis), channels first.
+        reference: float32 model output computed from the uncompressed features.
+    """
+
+    key: str
+    source: str
+    features: np.ndarray
+    reference: np.ndarray
+
+
+class CompressedRecord(NamedTuple):
+    """One sample's features coded at one rate.
+
+    Attributes:
+        key: WebDataset ``__key__``.
+        source: Shard the sample came from.
+        rate: Rate key (``"u4"`` = 4-bit uniform, ``"vq256"`` = 256-code codebook).
+        stream: The self-describing compressed stream.
+        num_elements: Feature elements coded.
+        reference: float32 model output on the uncompressed features (for quality).
+    """
+
+    key: str
+    source: str
+    rate: str
+    stream: bytes
+    num_elements: int
+    reference: np.ndarray
+
+
+class DecodedRecord(NamedTuple):
+    """A ``CompressedRecord`` after decoding: ``features`` are the decoded tensor."""
+
+    key: str
+    source: str
+    rate: str
+    stream: bytes
+    features: np.ndarray
+    reference: np.ndarray
+
+
+class FeatureRow(NamedTuple):
+    """One row of the compressed-feature table (see ``FEATURES_SCHEMA``)."""
+
+    key: str
+    source: str
+    split_at: str
+    rate: str
+    quantizer: str
+    bits: int
+    shape: Tuple[int, ...]
+    num_elements: int
+    num_bytes: int
+    bits_per_element: float
+    top1_agree: bool
+    max_abs_diff: float
+    tables_id: str
+    stream: bytes
+
+
+FEATURES_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("split_at", pa.string(), nullable=False),
+        pa.field("rate", pa.string(), nullable=False),
+        pa.field("quantizer", pa.string(), nullable=False),
+        pa.field("bits", pa.int32(), nullable=False),
+        pa.field("shape", pa.list_(pa.int32()), nullable=False),
+        pa.field("num_elements", pa.int64(), nullable=False),
+        pa.field("num_bytes", pa.int64(), nullable=False),
+        pa.field("bits_per_element", pa.float64(), nullable=False),
+        pa.field("top1_agree", pa.bool_(), nullable=False),
+        pa.field("max_abs_diff", pa.float64(), nullable=False),
+        pa.field("tables_id", pa.string(), nullable=False),
+        pa.field("stream", pa.binary(), nullable=False),
+    ],
+    metadata={"mediabeam.table": "compressed_features", "mediabeam.schema_version": "1"},
+)
+"""``bits`` is the uniform bit depth, or ceil(log2(size)) for a codebook rate; ``tables_id``
+is the hex id of the shared tables (empty for inline-coded streams); ``stream`` decodes with
+``operators.feature_codec.FeatureCodec(CodecTables.load(<output>/tables.bin)).decode``."""

@@ -1,0 +1,153 @@
+"""The corpus job end to end: accounting on hostile input, determinism, resume, bad flags."""
+
+import glob
+import io
+import json
+import os
+import tarfile
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines import build_corpus
+from pipelines.common import ConfigError
+from pipelines.make_samples import write_hostile_shards, write_sample_shards
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("hostile")
+    return write_hostile_shards(str(directory))
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("samples")
+    return write_sample_shards(str(directory), num_shards=2, samples_per_shard=4, seed=3)
+
+
+def read_table(pattern):
+    files = sorted(glob.glob(pattern))
+    return [row for f in files for row in pq.read_table(f).to_pylist()]
+
+
+def test_every_hostile_sample_is_a_row_or_a_dead_letter(hostile, tmp_path):
+    out = str(tmp_path / "out")
+    summary = build_corpus.run(["--input", *hostile["shards"], "--output", out, "--batch-size", "4"])
+    rows = read_table(f"{out}/corpus/*.parquet")
+    dead = read_table(f"{out}/dead_letters/*.parquet")
+    outcome = {r["key"]: "row" for r in rows}
+    for d in dead:
+        assert d["key"] not in outcome, f"{d['key']} is both a row and a dead letter"
+        outcome[d["key"]] = "dead_letter"
+        assert d["message"] and d["stage"] in ("ReadShards", "RouteByModality", "Tokenize")
+    assert outcome == hostile["expected"]
+    assert summary["records"] == sum(hostile["shards"].values())
+    assert summary["records"] == summary["rows"] + summary["dead_letters"]
+    messages = {d["key"]: d["message"] for d in dead}
+    assert "escape" in messages["../../x"]
+    assert "truncated" in messages["trunc-c"]
+
+
+def test_graph_outputs_with_assert_that(samples, tmp_path):
+    args = build_corpus.build_parser().parse_args(
+        ["--input", *samples["shards"], "--output", str(tmp_path / "o"), "--tokenizer", "jpeg"]
+    )
+    handlers = build_corpus.resolve_tokenizers(args)
+    images = sorted(k for k, kind in samples["kinds"].items() if kind == "image")
+    with TestPipeline(runner=FnApiRunner()) as p:
+        out = build_corpus.build_graph(p, build_corpus.validate(args), args, handlers)
+        keys = out["rows"] | "RowKeys" >> beam.Map(lambda r: r.key)
+        assert_that(keys, equal_to(images), label="ImageRows")
+        counts = out["manifests"] | "Counts" >> beam.Map(
+            lambda m: m["rows"] + m["dead_letters"] == m["records"]
+        )
+        assert_that(counts, equal_to([True, True]), label="Accounting")
+
+
+def test_tokens_are_identical_across_runs_and_formats(samples, tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        out = str(tmp_path / name)
+        build_corpus.run(
+            ["--input", *samples["shards"], "--output", out, "--rows-per-shard", "2", "--format", "parquet,webdataset"]
+        )
+        outs.append(out)
+    first = read_table(f"{outs[0]}/corpus/*.parquet")
+    second = read_table(f"{outs[1]}/corpus/*.parquet")
+    assert first == second and first
+    assert all(len(pq.read_table(f)) <= 2 for f in glob.glob(f"{outs[0]}/corpus/*.parquet"))
+    wds = sorted(glob.glob(f"{outs[0]}/webdataset/*.tar"))
+    assert [open(f, "rb").read() for f in wds] == [
+        open(f.replace(outs[0], outs[1]), "rb").read() for f in wds
+    ]
+    by_key = {r["key"]: r for r in first}
+    with tarfile.open(wds[0]) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".tokens.npy"))
+        tokens = np.load(io.BytesIO(tar.extractfile(member).read()))
+    row = by_key[member.name[: -len(".tokens.npy")]]
+    assert tokens.reshape(-1).tolist() == row["tokens"]
+
+
+def test_jpeg_rows_decode_back_to_images(samples, tmp_path):
+    from operators.registry import build_tokenizer
+
+    out = str(tmp_path / "o")
+    build_corpus.run(["--input", *samples["shards"], "--output", out, "--tokenizer", "jpeg"])
+    rows = read_table(f"{out}/corpus/*.parquet")
+    image = build_tokenizer("jpeg").decode(np.array(rows[0]["tokens"]))
+    assert image.size == (256, 256)
+
+
+def test_resume_skips_finished_shards_and_redoes_unfinished(samples, tmp_path):
+    out = str(tmp_path / "o")
+    shards = sorted(samples["shards"])
+    build_corpus.run(["--input", shards[0], "--output", out])
+    summary = build_corpus.run(["--input", *shards, "--output", out, "--resume"])
+    assert summary["skipped_by_resume"] == 1 and summary["shards"] == 1
+    manifests = sorted(glob.glob(f"{out}/_manifests/*.json"))
+    assert len(manifests) == 2
+    assert json.load(open(manifests[1]))["records"] == samples["shards"][shards[1]]
+
+
+def test_no_temporary_files_are_left(samples, tmp_path):
+    out = str(tmp_path / "o")
+    build_corpus.run(["--input", *samples["shards"], "--output", out])
+    leftovers = [f for f in glob.glob(f"{out}/**/*", recursive=True) if ".tmp-" in f]
+    assert leftovers == []
+    assert os.path.exists(f"{out}/summary.json")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--input", "/nonexistent/shard-{0..3}.tar"], "matches no file"),
+        (["--modalities", "smell"], "unknown modality"),
+        (["--tokenizer", "gzip"], "is unknown; choose from"),
+        (["--tokenizer", "jpeg,jpeg"], "two tokenizers"),
+        (["--format", "csv"], "choose from"),
+        (["--tokenizer-option", "jpeg"], "NAME.KEY=VALUE"),
+        (["--tokenizer", "jpeg", "--tokenizer-option", "jpeg.colour=1"], "is invalid"),
+    ],
+)
+def test_bad_configuration_fails_before_the_pipeline(samples, tmp_path, flags, message):
+    argv = ["--input", *samples["shards"], "--output", str(tmp_path / "o"), *flags]
+    with pytest.raises(ConfigError, match=message):
+        build_corpus.run(argv)
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_cli_reports_bad_flags_with_exit_status_2(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["build-corpus", "--input", str(tmp_path / "missing.tar"), "--output", str(tmp_path)]) == 2
+    assert "matches no file" in capsys.readouterr().err
+    assert main(["no-such-job"]) == 2
+    assert main(["--help"]) == 0
+    assert "build-corpus" in capsys.readouterr().out
+

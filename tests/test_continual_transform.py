@@ -1,0 +1,188 @@
+"""Continual inference in Beam: keyed stream state (TestStream) and the video-features job."""
+
+import functools
+import glob
+import os
+import subprocess
+import tarfile
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from torch import nn
+
+from operators.continual import StreamStepper, from_module
+from pipelines import video_features
+from schemas.video import FrameInput
+from transforms.continual_video import ContinualStreams
+from transforms.errors import DEAD_LETTER_TAG
+
+C, H, W = 2, 4, 4
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv3d(C, 3, (3, 3, 3), padding=(1, 1, 1)), nn.ReLU(), nn.Conv3d(3, 2, (2, 1, 1)), nn.AvgPool3d((1, H, W))
+    ).eval()
+
+
+def _to_tensor(frame: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frame)
+
+
+def tiny_stepper() -> StreamStepper:
+    """The operator injected into the DoFn (module-level, so it pickles by reference)."""
+    return StreamStepper(from_module(_net()), _to_tensor)
+
+
+def _frames(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, C, H, W)).astype(np.float32)
+
+
+def _offline(frames: np.ndarray) -> np.ndarray:
+    """Regular forward over the whole stream: ``[n_out, channels]``."""
+    with torch.no_grad():
+        out = _net()(torch.from_numpy(frames).permute(1, 0, 2, 3)[None])
+    return out[0, :, :, 0, 0].T.numpy()
+
+
+def _streaming_pipeline() -> TestPipeline:
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    return TestPipeline(options=options)
+
+
+def _close_to(expected):
+    """Matcher: ``(key, frame_index, output_index, values)`` rows equal ``expected`` within 1e-5."""
+
+    def check(actual):
+        got = sorted(actual, key=lambda r: (r[0], r[1]))
+        want = sorted(expected, key=lambda r: (r[0], r[1]))
+        assert [r[:3] for r in got] == [r[:3] for r in want]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.ravel(g[3]), np.ravel(w[3]), atol=1e-5, rtol=1e-5)
+
+    return check
+
+
+def _row(o):
+    return o.key, o.frame_index, o.output_index, o.values
+
+
+def test_keyed_streams_out_of_order_equal_offline():
+    streams = {"cam-a": _frames(1, 9), "cam-b": _frames(2, 7)}
+    order_a = [0, 2, 1, 3, 5, 4, 6, 8, 7]  # early frames are buffered until the gap closes
+    order_b = [1, 0, 2, 3, 6, 5, 4]
+    events = TestStream()
+    for step, (ia, ib) in enumerate(zip(order_a, order_b + [None] * 2)):
+        batch = [("cam-a", FrameInput(ia, streams["cam-a"][ia], "live"))]
+        if ib is not None:
+            batch.append(("cam-b", FrameInput(ib, streams["cam-b"][ib], "live")))
+        events = events.add_elements(batch).advance_watermark_to(step + 1)
+    events = events.add_elements([("cam-a", FrameInput(3, streams["cam-a"][3], "live"))])  # duplicate
+    events = events.advance_watermark_to_infinity()
+    delay = from_module(_net()).delay
+    expected = []
+    for key, frames in streams.items():
+        for n, values in enumerate(_offline(frames)[: len(frames) - delay]):
+            expected.append((key, n + delay, n, values))
+    with _streaming_pipeline() as p:
+        out = p | events | "Continual" >> ContinualStreams(tiny_stepper, model="tiny")
+        assert_that(out.outputs | "Rows" >> beam.Map(_row), _close_to(expected), label="Outputs")
+        assert_that(
+            out[DEAD_LETTER_TAG] | "Dead" >> beam.Map(lambda d: (d.key, d.error_type)),
+            equal_to([("cam-a#3", "LateFrameError")]),
+            label="DeadLetters",
+        )
+
+
+def test_missing_frames_are_given_up_after_max_pending():
+    frames = _frames(3, 8)
+    events = TestStream()
+    for step, i in enumerate([0, 1, 3, 4, 5, 6, 7]):  # frame 2 never arrives
+        events = events.add_elements([("s", FrameInput(i, frames[i], "live"))]).advance_watermark_to(step + 1)
+    events = events.advance_watermark_to_infinity()
+    kept = np.delete(frames, 2, axis=0)  # the stream goes on without the missing frame
+    delay = from_module(_net()).delay
+    expected = [("s", [0, 1, 3, 4, 5, 6, 7][n + delay], n, v) for n, v in enumerate(_offline(kept)[: len(kept) - delay])]
+    with _streaming_pipeline() as p:
+        out = p | events | "Continual" >> ContinualStreams(tiny_stepper, model="tiny", max_pending=2)
+        # output_index follows the frame index (the gap counts), so compare values by order.
+        rows = out.outputs | "Rows" >> beam.Map(lambda o: (o.key, o.frame_index, o.frame_index - delay, o.values))
+        assert_that(rows, _close_to([(k, i, i - delay, v) for k, i, _, v in expected]), label="Outputs")
+        assert_that(
+            out[DEAD_LETTER_TAG] | "Dead" >> beam.Map(lambda d: (d.key, d.error_type)),
+            equal_to([("s#2", "MissingFramesError")]),
+            label="DeadLetters",
+        )
+
+
+def _video(path: str, seconds: float, size=(48, 40), rate=10) -> bytes:
+    import imageio_ffmpeg
+
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
+           f"testsrc=size={size[0]}x{size[1]}:rate={rate}:duration={seconds}", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", "-threads", "1", "-movflags", "+faststart", path]
+    subprocess.run(cmd, check=True)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            import io
+
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_video_features_job_rows_match_offline_and_account(tmp_path):
+    from operators.media_decode import iter_video_frames
+    from operators.x3d import build_x3d, co_x3d, x3d_preprocess
+
+    good = _video(str(tmp_path / "good.mp4"), 2.0)
+    short = _video(str(tmp_path / "short.mp4"), 0.5)
+    shard = tmp_path / "shard-000000.tar"
+    _tar(shard, [("a.mp4", good), ("b.mp4", short), ("c.mp4", b"not a video at all" * 20), ("d.txt", b"hello")])
+    out = tmp_path / "out"
+    argv = ["--input", str(shard), "--output", str(out), "--model", "tiny", "--random-weights", "--size", "32",
+            "--fps", "8", "--window", "3", "--num-classes", "5"]
+    summary = video_features.run(argv, test_pipeline=TestPipeline(runner=FnApiRunner()))
+    assert summary["records"] == 4
+    assert (summary["videos"], summary["skipped_no_video"], summary["dead_letters"]) == (1, 1, 2)
+    table = pq.read_table(glob.glob(str(out / "frames" / "*.parquet"))[0]).to_pylist()
+    dead = pq.read_table(str(out / "dead_letters" / "shard-000000.parquet")).to_pylist()
+    assert sorted((d["key"], d["error_type"]) for d in dead) == [("b", "TooShortError"), ("c", "MediaError")]
+    # Offline reference: the regular network over the same decoded frames.
+    net = build_x3d("tiny", num_classes=5)
+    co = co_x3d(net, window=3)
+    frames = torch.stack([x3d_preprocess(f) for f in iter_video_frames(good, 8, 32, 32)], dim=1)[None]
+    with torch.no_grad():
+        ref = net.forward_frames(frames)[0].T.numpy()
+    n = frames.shape[2] - co.delay
+    assert len(table) == n and n > 0
+    assert [r["frame_index"] for r in table] == list(range(co.delay, frames.shape[2]))
+    np.testing.assert_allclose(np.array([r["values"] for r in table]), ref[:n], atol=1e-5, rtol=1e-5)
+    assert table[0]["time_s"] == pytest.approx(co.delay / 8)
+
+
+def test_video_features_bad_config_fails_before_running(tmp_path):
+    from pipelines.common import ConfigError
+
+    shard = tmp_path / "s.tar"
+    _tar(shard, [("a.txt", b"x")])
+    with pytest.raises(ConfigError, match="--weights"):
+        video_features.run(["--input", str(shard), "--output", str(tmp_path / "o")])
+    with pytest.raises(ConfigError, match="--size"):
+        video_features.run(["--input", str(shard), "--output", str(tmp_path / "o"), "--random-weights", "--size", "7x9"])
+    assert not os.path.exists(tmp_path / "o")
