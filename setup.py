@@ -24,6 +24,7 @@ setup(
         "scipy>=1.11,<2",  # Beam RunInference's model manager (memory metrics) needs it
         "safetensors>=0.4,<1",
         "sentencepiece>=0.2,<0.3",
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "constriction>=0.4,<1"],

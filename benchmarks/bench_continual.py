@@ -16,7 +16,6 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from operators.continual import clone_state
 from operators.x3d import co_x3d, x3d_s
 
 
@@ -44,30 +43,40 @@ def count_macs(net: nn.Module, clip: torch.Tensor) -> Dict[str, float]:
     return {"clip": per_clip[0], "step": per_frame[0]}
 
 
-def time_clip(net: nn.Module, clip: torch.Tensor, repeats: int) -> float:
-    """Median seconds of one clip forward."""
-    times = []
-    with torch.inference_mode():
-        net(clip)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            net(clip)
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
-def time_steps(co, frames: torch.Tensor, warm: int, steps: int) -> float:
-    """Median seconds of one continual step, after ``warm`` steps fill the state."""
+def warm_state(co, frames: torch.Tensor):
+    """State after enough frames that every module produces output (``delay + 1`` steps)."""
     state = co.init_state(frames.shape[0])
-    times: List[float] = []
     with torch.inference_mode():
-        for t in range(warm + steps):
-            t0 = time.perf_counter()
+        for t in range(co.delay + 1):
             y, state = co.step(frames[:, :, t % frames.shape[2]], state)
-            if t >= warm:
-                times.append(time.perf_counter() - t0)
     assert y is not None
-    return sorted(times)[len(times) // 2]
+    return state
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(clip_net, steppers, clip: torch.Tensor, repeats: int, steps: int) -> Dict[str, float]:
+    """Median seconds per new frame, clip forward and each stepper interleaved per repeat so
+    that load changes on a shared machine hit all of them alike."""
+    states = {name: warm_state(co, clip) for name, co in steppers.items()}
+    times: Dict[str, List[float]] = {"clip": [], **{name: [] for name in steppers}}
+    with torch.inference_mode():
+        clip_net(clip)
+        for r in range(repeats):
+            times["clip"].append(timed(lambda: clip_net(clip)))
+            for name, co in steppers.items():
+                for i in range(steps):
+                    frame = clip[:, :, (r * steps + i) % clip.shape[2]]
+
+                    def one():
+                        y, states[name] = co.step(frame, states[name])
+
+                    times[name].append(timed(one))
+    return {name: sorted(v)[len(v) // 2] for name, v in times.items()}
 
 
 def main() -> None:
@@ -75,30 +84,42 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--clip", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5, help="clip forwards timed per batch size")
-    parser.add_argument("--steps", type=int, default=30, help="continual steps timed per batch size")
+    parser.add_argument("--repeats", type=int, default=3, help="clip forwards timed per batch size")
+    parser.add_argument("--steps", type=int, default=4, help="continual steps timed after each clip forward")
+    parser.add_argument("--unfused-batch", type=int, nargs="*", default=[1],
+                        help="batch sizes where the unfused (weight-sharing) stepper is timed too")
     args = parser.parse_args()
     torch.manual_seed(0)
     clip_net = x3d_s(clip_length=args.clip, crop_size=args.size).eval()
-    step_net = x3d_s(clip_length=args.clip, crop_size=args.size).eval()
-    step_net.load_state_dict(clip_net.state_dict())
-    co = co_x3d(step_net, window=args.clip)
+    nets = []
+    for _ in range(2):
+        net = x3d_s(clip_length=args.clip, crop_size=args.size).eval()
+        net.load_state_dict(clip_net.state_dict())
+        nets.append(net)
+    shared = co_x3d(nets[0], window=args.clip)
+    fused = co_x3d(nets[1], window=args.clip, fused=True)
     macs = count_macs(clip_net, torch.randn(1, 3, args.clip, args.size, args.size))
     results = []
-    print(f"CoX3D-S {args.size}x{args.size}, clip {args.clip}, delay {co.delay} frames, "
+    print(f"CoX3D-S {args.size}x{args.size}, clip {args.clip}, delay {fused.delay} frames, "
           f"threads {torch.get_num_threads()}")
     print(f"MACs per new frame: clip {macs['clip'] / 1e9:.3f} G, step {macs['step'] / 1e9:.3f} G "
           f"({macs['clip'] / macs['step']:.1f}x fewer)")
-    print(f"{'B':>3} {'clip ms/frame':>14} {'step ms/frame':>14} {'speed-up':>9}")
+    print(f"{'B':>3} {'clip ms/frame':>14} {'step ms/frame':>14} {'speed-up':>9}   unfused step")
     for b in args.batch:
         clip = torch.randn(b, 3, args.clip, args.size, args.size)
-        clip_s = time_clip(clip_net, clip, args.repeats)
-        step_s = time_steps(co, clip, co.delay + 2, args.steps)
-        row = {"batch": b, "clip_ms_per_frame": clip_s * 1e3 / b, "step_ms_per_frame": step_s * 1e3 / b,
-               "speedup": clip_s / step_s}
+        steppers = {"fused": fused} if b not in args.unfused_batch else {"fused": fused, "shared": shared}
+        sec = measure(clip_net, steppers, clip, args.repeats, args.steps)
+        row = {"batch": b, "clip_ms_per_frame": sec["clip"] * 1e3 / b,
+               "step_ms_per_frame": sec["fused"] * 1e3 / b, "speedup": sec["clip"] / sec["fused"]}
+        if "shared" in sec:
+            row["unfused_step_ms_per_frame"] = sec["shared"] * 1e3 / b
+            row["unfused_speedup"] = sec["clip"] / sec["shared"]
         results.append(row)
-        print(f"{b:>3} {row['clip_ms_per_frame']:>14.1f} {row['step_ms_per_frame']:>14.1f} {row['speedup']:>8.1f}x")
-    print(json.dumps({"bench": "continual", "size": args.size, "clip": args.clip, "delay": co.delay,
+        unfused = row.get("unfused_step_ms_per_frame")
+        print(f"{b:>3} {row['clip_ms_per_frame']:>14.1f} {row['step_ms_per_frame']:>14.1f} {row['speedup']:>8.1f}x   "
+              + (f"{unfused:.1f} ms ({row['unfused_speedup']:.1f}x)" if unfused else "-"))
+    print(json.dumps({"bench": "continual", "size": args.size, "clip": args.clip, "delay": fused.delay,
+                      "threads": torch.get_num_threads(),
                       "macs_clip_g": round(macs["clip"] / 1e9, 4), "macs_step_g": round(macs["step"] / 1e9, 4),
                       "results": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in results]}))
 

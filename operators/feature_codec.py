@@ -18,6 +18,7 @@ every state costs 8 bytes to flush.
 """
 
 import hashlib
+import math
 import struct
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -154,7 +155,8 @@ class CodecTables:
 
 
 def _axis(x: np.ndarray, channel_axis: Optional[int]) -> Optional[int]:
-    if channel_axis is None or x.ndim == 0:
+    """Normalised channel axis; 0-d and 1-d tensors are always coded per tensor."""
+    if channel_axis is None or x.ndim < 2:
         return None
     return channel_axis % x.ndim
 
@@ -234,6 +236,8 @@ def fit_tables(
         stats = s if stats is None else merge_stats(stats, s)
     quantizers: Dict[str, Quantizer] = dict(calibrate_quantizers(stats, bits, clip_sigmas))
     if codebook_sizes:
+        if axis is None:
+            raise ValueError("codebooks need channel vectors: give a channel_axis and features of rank >= 2")
         vectors = np.concatenate([channel_vectors(np.asarray(x), axis) for x in samples])
         for size in codebook_sizes:
             quantizers[rate_key(codebook_size=size)] = fit_codebook(vectors, size, codebook_groups, seed=seed)
@@ -249,7 +253,8 @@ class FeatureCodec:
 
     Args:
         tables: Calibrated tables; rates missing from them are coded inline (uniform only).
-        channel_axis: Channel axis for inline per-channel quantisers (None: per tensor).
+        channel_axis: Channel axis for inline per-channel quantisers (None: per tensor;
+            tensors of rank < 2 are always per tensor).
         granularity: Inline quantiser granularity, ``"channel"`` or ``"tensor"``.
         outliers: ``"escape"`` (exact outliers) or ``"clip"``.
         clip_sigmas: Inline clipping range (mean ± this many std); None uses min/max.
@@ -380,7 +385,7 @@ class FeatureCodec:
     def _decode(self, header: StreamHeader, sections: List[bytes], entry: Optional[RateTables]) -> np.ndarray:
         check_states(header.n_states)
         shape, axis, dtype = header.shape, header.channel_axis, np.dtype(header.dtype)
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)
         if header.kind == "codebook":
             if entry is None or not isinstance(entry.quantizer, Codebook):
                 raise ValueError("codebook stream without shared codebook tables")
@@ -416,8 +421,24 @@ class FeatureCodec:
             raise ValueError("rANS section is not a whole number of words")
         if prior.n_channels == 1:
             inner = 0
+        if header.n_symbols > max_symbols(prior, len(words) // 4, header.n_states):
+            raise ValueError(f"{header.n_symbols} symbols cannot fit in {len(words)} bytes of rANS words")
         array = np.frombuffer(words, "<u4").astype(np.uint32)
         return rans_decode(array, header.n_symbols, prior.cdf, prior.precision, inner, header.n_states, prior.lut)
+
+
+def max_symbols(prior: EntropyPrior, n_words: int, n_states: int) -> int:
+    """Most symbols ``n_words`` rANS words can hold under ``prior``.
+
+    Every symbol costs at least ``-log2(max freq / 2**precision)`` bits (to within 0.1% at
+    64-bit states) and the final states hold at most 64 bits each, so a stream claiming more
+    symbols is damaged or hostile and is refused before any allocation.
+    """
+    most_likely = float(prior.freqs.max()) / (1 << prior.precision)
+    min_bits = -math.log2(most_likely) if most_likely < 1 else 0.0
+    if min_bits == 0.0:
+        return 1 << 62
+    return int((32 * n_words + 64 * n_states) / (0.99 * min_bits)) + 16
 
 
 def bits_per_element(stream: bytes, n_elements: int) -> float:

@@ -14,6 +14,7 @@ unsupported fails with a ``NemoCheckpointError`` naming the config field.
 
 import hashlib
 import io
+import os
 import posixpath
 import tarfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -32,7 +33,12 @@ from operators.streaming_asr import (
     StreamingASR,
 )
 
-__all__ = ["NemoCheckpointError", "read_nemo_archive", "load_nemo", "save_nemo", "model_config_to_nemo"]
+__all__ = [
+    "EMBEDDED_MODEL", "NemoCheckpointError", "read_nemo_archive", "load_nemo", "save_nemo", "model_config_to_nemo",
+]
+
+EMBEDDED_MODEL = os.path.join(os.path.dirname(__file__), "assets", "asr_default.nemo")
+"""The default model, trained by ``mediabeam train-asr`` on synthetic speech (digits, commands)."""
 
 CONFIG_NAME = "model_config.yaml"
 WEIGHTS_NAME = "model_weights.ckpt"

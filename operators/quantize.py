@@ -62,7 +62,11 @@ class FeatureStats(NamedTuple):
 def feature_stats(x: np.ndarray, channel_axis: Optional[int]) -> FeatureStats:
     """Per-channel (or, with ``channel_axis=None``, per-tensor) statistics of ``x``."""
     x = np.asarray(x, np.float64)
-    flat = x.reshape(1, -1) if channel_axis is None else np.moveaxis(x, channel_axis, 0).reshape(x.shape[channel_axis], -1)
+    if channel_axis is None:
+        flat = x.reshape(1, x.size)
+    else:
+        channels = x.shape[channel_axis]
+        flat = np.moveaxis(x, channel_axis, 0).reshape(channels, x.size // channels if channels else 0)
     finite = np.isfinite(flat)
     values = np.where(finite, flat, 0.0)
     return FeatureStats(
@@ -201,15 +205,17 @@ def dequantize_uniform(
 def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid (squared L2) for each row of ``vectors``.
 
-    Uses the fused Numba kernel ``operators.kernels.nearest.assign`` when it is installed,
-    else NumPy via ``|c|² - 2 x·c`` (no ``|x|²`` term: it does not change the argmin).
+    Large problems use the fused Numba kernel ``operators.kernels.nearest.assign`` when it is
+    installed; small ones (where its thread start-up dominates) and installs without it use
+    NumPy via ``|c|² - 2 x·c`` (no ``|x|²`` term: it does not change the argmin).
     """
-    if _KERNEL is not None:
+    if _KERNEL is not None and vectors.shape[0] * centroids.shape[0] >= _KERNEL_MIN_WORK:
         return _KERNEL.assign(vectors, centroids)[0]
     c2 = np.einsum("kd,kd->k", centroids, centroids)
     return np.argmin(c2[None, :] - 2.0 * (vectors @ centroids.T), axis=1)
 
 
+_KERNEL_MIN_WORK = 1 << 18
 _KERNEL = (
     importlib.import_module("operators.kernels.nearest")
     if importlib.util.find_spec("operators.kernels.nearest") is not None

@@ -15,6 +15,8 @@ TOKENIZERS: Dict[str, str] = {
     "jpeg": "operators.jpeg_tokenizer:JpegTokenizer",
     "avc": "operators.avc_tokenizer:AvcTokenizer",
     "opus": "operators.opus_tokenizer:OpusTokenizer",
+    "semantic-audio": "operators.semantic_audio_tokenizer:SemanticAudioTokenizer",
+    "dual-image": "operators.dual_image_tokenizer:DualImageTokenizer",
 }
 
 DEFAULT_TOKENIZER_FOR_MODALITY: Dict[str, str] = {"image": "jpeg", "video": "avc", "audio": "opus"}

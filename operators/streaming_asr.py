@@ -187,6 +187,8 @@ class StreamState(NamedTuple):
         pre_encode_cache: ``(B, mels, 9)`` the last 9 mel frames.
         pre_encode_cache_len: ``(B,)`` real frames in ``pre_encode_cache`` (``min(seen, 9)``);
             0 marks a stream that has not started.
+        cache_last_kv: ``(layers, B, L, 2d)`` key and value projections of ``cache_last_channel``
+            (derived data kept so that a step projects only its new frames).
         last_token: ``(B,)`` CTC: last frame's arg-max (blank at start), for re-collapsing repeats
             across chunks; RNNT: last emitted token.
         pred_h: ``(P, B, H)`` RNNT LSTM hidden state (``H = 0`` for CTC models).
@@ -199,6 +201,7 @@ class StreamState(NamedTuple):
     cache_last_channel_len: torch.Tensor
     pre_encode_cache: torch.Tensor
     pre_encode_cache_len: torch.Tensor
+    cache_last_kv: torch.Tensor
     last_token: torch.Tensor
     pred_h: torch.Tensor
     pred_c: torch.Tensor
@@ -211,6 +214,7 @@ STATE_BATCH_AXES: Dict[str, int] = {
     "cache_last_channel_len": 0,
     "pre_encode_cache": 0,
     "pre_encode_cache_len": 0,
+    "cache_last_kv": 1,
     "last_token": 0,
     "pred_h": 1,
     "pred_c": 1,
@@ -286,18 +290,20 @@ class FastConformerEncoder(nn.Module):
             att_context = self.config.att_context_size[0]
         return int(att_context[0]), int(att_context[1])
 
-    def _run_layers(self, x, visible, valid, att_caches, conv_caches):
+    def _run_layers(self, x, visible, valid, att_caches, kv_caches, conv_caches):
         steps = x.shape[1]
         num_keys = steps + (0 if att_caches is None else att_caches.shape[2])
         pos = relative_positions(self.config.d_model, num_keys, steps, x.dtype)
         pad = torch.arange(steps).unsqueeze(0) >= valid.unsqueeze(1)
-        next_att, next_conv = [], []
+        next_att, next_kv, next_conv = [], [], []
         for index, layer in enumerate(self.layers):
-            att_cache = None if att_caches is None else att_caches[index]
-            x, att_cache, conv_cache = layer(x, visible, pad, pos, valid, att_cache, conv_caches[index])
-            next_att.append(att_cache)
+            caches = None if att_caches is None else (att_caches[index], kv_caches[index])
+            x, caches, conv_cache = layer(x, visible, pad, pos, valid, caches, conv_caches[index])
+            if caches is not None:
+                next_att.append(caches[0])
+                next_kv.append(caches[1])
             next_conv.append(conv_cache)
-        return x, next_att, next_conv
+        return x, next_att, next_kv, next_conv
 
     def forward(
         self, features: torch.Tensor, lengths: torch.Tensor, att_context: Optional[Sequence[int]] = None
@@ -317,11 +323,11 @@ class FastConformerEncoder(nn.Module):
         in_length = positions.unsqueeze(0) < valid.unsqueeze(1)
         visible = visible & in_length.unsqueeze(1) & in_length.unsqueeze(2)
         conv_caches = x.new_zeros(len(self.layers), batch, self.config.d_model, self.config.conv_kernel_size - 1)
-        x, _, _ = self._run_layers(x * self.xscale, visible, valid, None, conv_caches)
+        x, _, _, _ = self._run_layers(x * self.xscale, visible, valid, None, None, conv_caches)
         return x, valid
 
     def initial_state(self, batch: int, att_context: Optional[Sequence[int]] = None, dtype=torch.float32):
-        """Zero caches ``(cache_last_channel, cache_last_time, cache_last_channel_len, pre, pre_len)``."""
+        """Zero caches: the six encoder fields of :class:`StreamState`, in order."""
         left, _ = self._att_context(att_context)
         c = self.config
         return (
@@ -330,6 +336,7 @@ class FastConformerEncoder(nn.Module):
             torch.zeros(batch, dtype=torch.long),
             torch.zeros(batch, c.feat_in, PRE_ENCODE_CACHE, dtype=dtype),
             torch.zeros(batch, dtype=torch.long),
+            torch.zeros(c.n_layers, batch, left, 2 * c.d_model, dtype=dtype),
         )
 
     def check_state(self, state: StreamState, att_context: Sequence[int]) -> None:
@@ -342,6 +349,7 @@ class FastConformerEncoder(nn.Module):
             "cache_last_channel_len": (batch,),
             "pre_encode_cache": (batch, c.feat_in, PRE_ENCODE_CACHE),
             "pre_encode_cache_len": (batch,),
+            "cache_last_kv": (c.n_layers, batch, int(att_context[0]), 2 * c.d_model),
             "last_token": (batch,),
         }
         for name, shape in expected.items():
@@ -364,7 +372,7 @@ class FastConformerEncoder(nn.Module):
         Args:
             features: ``[B, mels, W]`` mel chunk per stream, left-aligned; ``lengths [B]`` valid
                 frames (≤ ``8C − 7`` on a stream's first step, ≤ ``8C`` afterwards).
-            caches: The five encoder fields of :class:`StreamState`, in order.
+            caches: The six encoder fields of :class:`StreamState`, in order.
             att_context: ``[L, R]``; ``L`` must equal the cache length.
 
         Returns:
@@ -372,7 +380,7 @@ class FastConformerEncoder(nn.Module):
         """
         context = self._att_context(att_context)
         chunk, first_frames, later_frames = chunk_sizes(context, self.config.att_context_style)
-        att_cache, conv_cache, cache_len, pre_cache, pre_len = caches
+        att_cache, conv_cache, cache_len, pre_cache, pre_len, kv_cache = caches
         lengths = lengths.to(torch.long)
         first = pre_len == 0
         limit = torch.where(first, first_frames, later_frames)
@@ -411,13 +419,16 @@ class FastConformerEncoder(nn.Module):
         )
         query_ok = torch.arange(chunk).unsqueeze(0) < valid.unsqueeze(1)
         visible = visible & key_ok.unsqueeze(1) & query_ok.unsqueeze(2)
-        x, next_att, next_conv = self._run_layers(x * self.xscale, visible, valid, att_cache, conv_cache)
+        x, next_att, next_kv, next_conv = self._run_layers(
+            x * self.xscale, visible, valid, att_cache, kv_cache, conv_cache
+        )
         next_caches = (
             torch.stack(next_att),
             torch.stack(next_conv),
             torch.clamp(cache_len + valid, max=left),
             next_pre,
             next_pre_len,
+            torch.stack(next_kv),
         )
         return x, valid, next_caches
 
@@ -688,8 +699,8 @@ class StreamingASR:
                 f"features have shape {tuple(features.shape)}; expected [{state.last_token.shape[0]}, "
                 f"{self.config.encoder.feat_in}, frames] to match the state's streams"
             )
-        encoded, valid, caches = self.model.encoder.step(features, lengths, tuple(state[:5]), self.att_context)
-        state = StreamState(*caches, *state[5:])
+        encoded, valid, caches = self.model.encoder.step(features, lengths, tuple(state[:6]), self.att_context)
+        state = StreamState(*caches, *state[6:])
         tokens, state = self._decode(encoded, valid, state)
         return StepOutput(encoded, valid, tokens), state
 

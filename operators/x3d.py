@@ -30,6 +30,7 @@ from operators.continual import (
     CoSequential,
     StreamStepper,
     from_module,
+    fuse,
     register_converter,
 )
 
@@ -313,17 +314,19 @@ def load_x3d(path: str, variant: str = "s", num_classes: int = 400, **kwargs) ->
     return net.eval()
 
 
-def co_x3d(net: Net, window: int = 16) -> CoModule:
+def co_x3d(net: Net, window: int = 16, fused: bool = False) -> CoModule:
     """CoX3D: the continual form of ``net`` (weights shared), one frame in, scores out.
 
     SE becomes causal over ``window`` frames and the head pools the last ``window`` frames
     (16 or 64 …, independent of the training clip length). ``net`` is modified the same way,
-    so ``net.forward_frames`` is the offline reference of the stepped output.
+    so ``net.forward_frames`` is the offline reference of the stepped output. ``fused=True``
+    folds BatchNorm into the convolutions (faster; those weights are then copies).
     """
     net.eval()
     make_se_causal(net, window)
     set_temporal_window(net, window)
-    return from_module(net)
+    co = from_module(net)
+    return fuse(co) if fused else co
 
 
 # pytorchvideo's Kinetics transform for X3D: scale to [0, 1], then normalise.
@@ -362,7 +365,7 @@ def co_x3d_stepper(
     variant: str = "s", window: int = 16, num_classes: int = 400, weights: Optional[str] = None, seed: int = 0
 ) -> StreamStepper:
     """A single-stream CoX3D runner on uint8 RGB frames (what the Beam transforms build)."""
-    return StreamStepper(co_x3d(build_x3d(variant, num_classes, weights, seed), window), x3d_preprocess)
+    return StreamStepper(co_x3d(build_x3d(variant, num_classes, weights, seed), window, fused=True), x3d_preprocess)
 
 
 def _per_frame_head(head: ResNetBasicHead, **options) -> CoModule:
@@ -375,7 +378,7 @@ def _per_frame_head(head: ResNetBasicHead, **options) -> CoModule:
     return CoSequential(*layers)
 
 
-register_converter(Swish, lambda m, **o: CoPerFrame(m))
+register_converter(Swish, lambda m, **o: CoPerFrame(m, torch.nn.functional.silu))
 register_converter(SqueezeExcitation, lambda m, **o: from_module(CausalSqueezeExcitation(m.block, o.get("se_window", 16))))
 register_converter(Conv2plus1d, lambda m, **o: CoSequential(from_module(m.conv_t, **o), from_module(m.conv_xy, **o)))
 register_converter(ResNetBasicStem, lambda m, **o: CoSequential(*[from_module(x, **o) for x in (m.conv, m.norm, m.activation)]))

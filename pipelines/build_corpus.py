@@ -4,7 +4,14 @@ Example::
 
     mediabeam build-corpus --input 'data/samples/shard-{000000..000003}.tar' --output out/demo
     mediabeam build-corpus --input shards/ --output out/c --tokenizer jpeg,opus \\
-        --runner FnApiRunner --direct_num_workers 2 --direct_running_mode multi_processing
+        --direct_num_workers 2 --direct_running_mode multi_processing
+    mediabeam build-corpus --input shards/ --output out/c --resume --retry-dead-letters
+
+The job runs unchanged on the in-process runner, ``multi_processing`` workers and portable
+runners (Flink, Spark, Beam's job service, Dataflow); records cross stages as NumPy arrays
+and plain Python values, never torch tensors (see ``.notes/scale.md``). While it runs, a
+progress line (shards and samples done, rate, ETA) goes to stderr; at the end it writes
+``summary.json``, ``report.json`` and ``report.html`` into ``--output``.
 """
 
 import argparse
@@ -12,15 +19,19 @@ import ast
 import json
 import time
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from operators.registry import DEFAULT_TOKENIZER_FOR_MODALITY, TOKENIZERS, build_tokenizer, tokenizer_modality
 from pipelines.common import ConfigError, create_pipeline, expand_inputs, parse_job_args
+from pipelines.operability import ProgressMonitor, manifest_progress, run_pipeline, stage_throughput
+from pipelines.report import write_report
 from transforms.errors import DEAD_LETTER_TAG
-from transforms.read_shards import ReadMediaShards
+from transforms.progress import CountDeadLetters, CountStage, member_bytes
+from transforms.read_shards import ReadMediaShards, ShardStats
+from transforms.retry import KeepKeys, LoadCorpusRows, dead_letter_keys
 from transforms.tokenize import TokenizerModelHandler, TokenizeSamples
 from transforms.write_shards import FORMATS, WriteCorpusShards, manifest_path, read_manifests, shard_stem, write_atomic
 
@@ -44,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-member-mb", type=float, default=2048, help="largest member read, in MB")
     parser.add_argument("--resume", action="store_true",
                         help="skip input shards whose output manifest already exists")
+    parser.add_argument("--retry-dead-letters", action="store_true",
+                        help="re-run only the dead letters of finished shards and merge the outcome into "
+                             "their output (implies --resume for unfinished shards)")
+    parser.add_argument("--progress-interval", type=float, default=10.0,
+                        help="seconds between two progress lines on stderr")
+    parser.add_argument("--no-report", action="store_true", help="skip report.json / report.html")
     return parser
 
 
@@ -98,6 +115,8 @@ def validate(args: argparse.Namespace) -> List[str]:
     """Checks every flag before the pipeline starts; returns the input shards to process."""
     if args.rows_per_shard < 1 or args.batch_size < 1:
         raise ConfigError("--rows-per-shard and --batch-size must be at least 1")
+    if args.progress_interval <= 0:
+        raise ConfigError("--progress-interval must be a positive number of seconds")
     bad_formats = [f for f in _csv(args.format) if f not in FORMATS]
     if bad_formats or not _csv(args.format):
         raise ConfigError(f"--format {args.format!r}: choose from {FORMATS}")
@@ -109,20 +128,82 @@ def validate(args: argparse.Namespace) -> List[str]:
     return sources
 
 
+Retry = Dict[str, Tuple[int, Set[str]]]
+
+
 def build_graph(
     pipeline: beam.Pipeline, sources: Sequence[str], args: argparse.Namespace,
-    handlers: Dict[str, TokenizerModelHandler],
+    handlers: Dict[str, TokenizerModelHandler], retry: Optional[Retry] = None,
+    origin_s: Optional[float] = None,
 ) -> Dict[str, beam.PCollection]:
-    """Adds the corpus job to ``pipeline``; returns rows, dead letters and manifests."""
-    read = pipeline | "ReadMediaShards" >> ReadMediaShards(
-        list(sources), max_member_bytes=int(args.max_member_mb * 2**20)
+    """Adds the corpus job to ``pipeline``; returns rows, dead letters and manifests.
+
+    Args:
+        sources: Shards processed whole.
+        retry: Finished shards to retry: source → (its manifest's record count, the keys of
+            its dead letters). Only those keys are re-read and tokenized; the shard's kept rows
+            are loaded from the output and the shard is written again with both.
+        origin_s: Epoch seconds the run started (for the per-stage throughput metrics).
+    """
+    origin = time.time() if origin_s is None else origin_s
+    reader_kwargs = {"max_member_bytes": int(args.max_member_mb * 2**20)}
+    samples, dead, stats, kept_rows = [], [], [], []
+    if sources:
+        read = pipeline | "ReadMediaShards" >> ReadMediaShards(list(sources), **reader_kwargs)
+        samples.append(read.samples)
+        dead.append(read[DEAD_LETTER_TAG])
+        stats.append(read.shard_stats)
+    if retry:
+        keep = KeepKeys({source: keys for source, (_, keys) in retry.items()})
+        again = pipeline | "ReadRetriedShards" >> ReadMediaShards(sorted(retry), **reader_kwargs)
+        samples.append(again.samples | "KeepRetriedSamples" >> beam.ParDo(keep))
+        dead.append(again[DEAD_LETTER_TAG] | "KeepRetriedDeadLetters" >> beam.ParDo(keep))
+        stats.append(
+            pipeline
+            | "RetriedShardRecords" >> beam.Create([ShardStats(s, n) for s, (n, _) in sorted(retry.items())])
+        )
+        kept_rows.append(
+            pipeline
+            | "ListRetriedShards" >> beam.Create(sorted(retry))
+            | "LoadKeptRows" >> beam.ParDo(LoadCorpusRows(args.output))
+        )
+    counted = (
+        samples | "AllSamples" >> beam.Flatten()
+        | "CountRead" >> beam.ParDo(CountStage("Read", origin, size_fn=member_bytes))
     )
-    tokenized = read.samples | "TokenizeSamples" >> TokenizeSamples(handlers)
-    dead = (read[DEAD_LETTER_TAG], tokenized[DEAD_LETTER_TAG]) | "AllDeadLetters" >> beam.Flatten()
-    manifests = {"rows": tokenized["rows"], DEAD_LETTER_TAG: dead, "stats": read.shard_stats} | (
-        "WriteCorpusShards" >> WriteCorpusShards(args.output, args.rows_per_shard, _csv(args.format))
+    tokenized = counted | "TokenizeSamples" >> TokenizeSamples(handlers)
+    new_rows = tokenized["rows"] | "CountTokenize" >> beam.ParDo(CountStage("Tokenize", origin))
+    rows = [new_rows, *kept_rows] | "AllRows" >> beam.Flatten()
+    dead_letters = (
+        [*dead, tokenized[DEAD_LETTER_TAG]] | "AllDeadLetters" >> beam.Flatten()
+        | "CountDeadLetters" >> beam.ParDo(CountDeadLetters())
     )
-    return {"rows": tokenized["rows"], DEAD_LETTER_TAG: dead, "manifests": manifests}
+    manifests = (
+        {"rows": rows, DEAD_LETTER_TAG: dead_letters, "stats": stats | "AllShardStats" >> beam.Flatten()}
+        | "WriteCorpusShards" >> WriteCorpusShards(args.output, args.rows_per_shard, _csv(args.format))
+        | "CountWrite" >> beam.ParDo(CountStage("Write", origin))
+    )
+    return {"rows": rows, DEAD_LETTER_TAG: dead_letters, "manifests": manifests}
+
+
+def plan(args: argparse.Namespace, sources: List[str]) -> Tuple[List[str], Retry]:
+    """Splits the inputs into shards to process whole and finished shards to retry, from the
+    manifests and dead letters already under ``--output`` (``--resume``,
+    ``--retry-dead-letters``)."""
+    if not (args.resume or args.retry_dead_letters):
+        return list(sources), {}
+    todo = [s for s in sources if not FileSystems.exists(manifest_path(args.output, s))]
+    retry: Retry = {}
+    if args.retry_dead_letters:
+        finished = {m["source"]: m for m in read_manifests(args.output)}
+        keys = dead_letter_keys(args.output, [s for s in sources if s not in todo])
+        retry = {s: (int(finished[s]["records"]), k) for s, k in keys.items() if s in finished}
+    print(
+        f"resume: {len(sources) - len(todo)} of {len(sources)} shards already done"
+        + (f"; retrying {sum(len(k) for _, k in retry.values())} dead letters of {len(retry)} shards"
+           if args.retry_dead_letters else "")
+    )
+    return todo, retry
 
 
 def summarize(manifests: List[Dict[str, Any]], wall_s: float) -> Dict[str, Any]:
@@ -141,26 +222,38 @@ def summarize(manifests: List[Dict[str, Any]], wall_s: float) -> Dict[str, Any]:
 
 
 def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipeline] = None) -> Dict[str, Any]:
-    """Runs the job and returns (and writes ``summary.json``) the run summary."""
+    """Runs the job and returns (and writes ``summary.json``) the run summary; also writes
+    ``report.json`` / ``report.html`` unless ``--no-report``."""
     args, options = parse_job_args(build_parser(), argv)
     sources = validate(args)
     handlers = resolve_tokenizers(args)
-    todo = sources
-    if args.resume:
-        todo = [s for s in sources if not FileSystems.exists(manifest_path(args.output, s))]
-        print(f"resume: {len(sources) - len(todo)} of {len(sources)} shards already done")
-    start = time.perf_counter()
-    if todo:
+    todo, retry = plan(args, sources)
+    start, wall_start = time.perf_counter(), time.time()
+    metrics: Dict[str, Any] = {"counters": {}, "distributions": {}}
+    if todo or retry:
         pipeline = create_pipeline(options, test_pipeline)
-        build_graph(pipeline, todo, args, handlers)
-        pipeline.run().wait_until_finish()
+        build_graph(pipeline, todo, args, handlers, retry=retry, origin_s=wall_start)
+        running = [*todo, *retry]
+        monitor = ProgressMonitor(
+            len(running), manifest_progress(args.output, running, since_s=wall_start - 1), args.progress_interval
+        )
+        metrics = run_pipeline(pipeline, monitor)
     wall = time.perf_counter() - start
-    done_now = set(todo)
+    done_now = set(todo) | set(retry)
     manifests = [m for m in read_manifests(args.output) if m["source"] in done_now]
     summary = summarize(manifests, wall)
-    summary["skipped_by_resume"] = len(sources) - len(todo)
+    summary["skipped_by_resume"] = len(sources) - len(done_now)
+    if args.retry_dead_letters:
+        retried = sum(len(k) for _, k in retry.values())
+        still_dead = sum(m["dead_letters"] for m in manifests if m["source"] in retry)
+        summary["retried_dead_letters"] = retried
+        summary["recovered_by_retry"] = retried - still_dead
+    summary["stage_throughput"] = stage_throughput(metrics)
     summary["output"] = args.output
     write_atomic(FileSystems.join(args.output, "summary.json"), json.dumps(summary, indent=1).encode())
     print(json.dumps(summary, indent=1))
     print(f"corpus written to {args.output}/corpus (summary: {args.output}/summary.json)")
+    if not args.no_report:
+        write_report(args.output, summary, summary["stage_throughput"], metrics)
+        print(f"report: {args.output}/report.html")
     return summary

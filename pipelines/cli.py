@@ -11,14 +11,28 @@ from pipelines.common import ConfigError
 JOBS: Dict[str, str] = {
     "build-corpus": "pipelines.build_corpus:run",
     "compress-features": "pipelines.compress_features:run",
+    "fit-tokenizer": "pipelines.fit_tokenizer:run",
+    "make-tokenizer-assets": "pipelines.make_tokenizer_assets:run",
     "make-samples": "pipelines.make_samples:run",
+    "live-asr": "pipelines.live_asr:run",
+    "live-video": "pipelines.live_video:run",
+    "send": "pipelines.send:run",
+    "train-asr": "pipelines.train_asr:run",
+    "transcribe": "pipelines.transcribe:run",
     "video-features": "pipelines.video_features:run",
 }
 
 DESCRIPTIONS: Dict[str, str] = {
     "build-corpus": "tokenize sharded media into a Parquet (and WebDataset) token corpus",
     "compress-features": "split a model at a layer, compress its features, report rate vs quality",
+    "fit-tokenizer": "fit semantic-audio / dual-image codebooks on shards (distributed k-means)",
+    "make-tokenizer-assets": "fit the default learned-tokenizer models shipped in operators/assets",
     "make-samples": "write the embedded synthetic sample shards (no download)",
+    "live-asr": "live transcription of concurrent audio streams over TCP (Beam streaming)",
+    "live-video": "live per-frame CoX3D predictions for concurrent video streams over TCP",
+    "send": "stream a local audio/video file to a live pipeline (real time or faster)",
+    "train-asr": "train the embedded streaming ASR model on synthetic espeak-ng speech",
+    "transcribe": "speech to text (Parquet/JSONL) with a cache-aware streaming FastConformer",
     "video-features": "per-frame continual X3D (CoX3D) predictions for video shards, to Parquet",
 }
 

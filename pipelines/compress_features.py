@@ -11,7 +11,6 @@ rate, decodes them, runs the rest of the model and writes:
 """
 
 import argparse
-import glob
 import json
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 from apache_beam.io.filesystems import FileSystems
 
+from operators.entropy_prior import DEFAULT_PRECISION
 from operators.quantize import MAX_BITS, MIN_BITS
 from operators.split_compute import DEFAULT_WEIGHTS, INPUT_SIZE, TinyCNN, head, summary_by_rate
 from pipelines.common import ConfigError, create_pipeline, expand_inputs, parse_job_args
@@ -34,7 +34,7 @@ from transforms.compress import (
 )
 from transforms.errors import DEAD_LETTER_TAG
 from transforms.read_shards import ReadMediaShards
-from transforms.write_shards import write_atomic
+from transforms.write_shards import shard_stem, write_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--codebook-groups", type=int, default=4, help="channel groups per codebook")
     parser.add_argument("--granularity", choices=("channel", "tensor"), default="channel")
     parser.add_argument("--clip-sigmas", type=float, default=None, help="clip at mean ± k·std; outliers escape")
-    parser.add_argument("--precision", type=int, default=20, help="prior precision in bits (12..24)")
+    parser.add_argument("--precision", type=int, default=DEFAULT_PRECISION, help="prior precision in bits (12..24)")
     return parser
 
 
@@ -84,7 +84,12 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
         raise ConfigError(f"--model {model!r} does not exist; give a local TinyCNN state dict")
     if not 12 <= args.precision <= 24:
         raise ConfigError("--precision must be between 12 and 24 bits")
-    return {"bits": bits, "sizes": sizes, "sources": expand_inputs(args.input)}
+    sources = expand_inputs(args.input)
+    stems = [shard_stem(s) for s in sources]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise ConfigError(f"inputs share output names {clashes}; give shards unique base names")
+    return {"bits": bits, "sizes": sizes, "sources": sources}
 
 
 def build_graph(pipeline: beam.Pipeline, sources: Sequence[str], args: argparse.Namespace, bits, sizes):
@@ -141,12 +146,14 @@ def plot_rate_quality(by_rate: Dict[str, Dict[str, float]], path: str, title: st
     plt.close(fig)
 
 
-def summarize(output: str, split_at: str, wall_s: float) -> Dict[str, Any]:
-    """Reads the written tables back and aggregates them per rate."""
+def summarize(output: str, sources: Sequence[str], split_at: str, wall_s: float) -> Dict[str, Any]:
+    """Reads this run's tables back (one per input shard) and aggregates them per rate."""
     columns = ["key", "rate", "num_bytes", "bits_per_element", "top1_agree", "max_abs_diff", "num_elements"]
     rows: List[Dict[str, Any]] = []
-    for path in sorted(glob.glob(FileSystems.join(output, "features", "*.parquet"))):
-        rows.extend(pq.read_table(path, columns=columns).to_pylist())
+    for source in sources:
+        path = FileSystems.join(output, "features", shard_stem(source) + ".parquet")
+        if FileSystems.exists(path):
+            rows.extend(pq.read_table(path, columns=columns).to_pylist())
     dead = pq.read_table(FileSystems.join(output, "dead_letters.parquet")).to_pylist()
     stages: Dict[str, int] = {}
     for d in dead:
@@ -172,7 +179,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipel
     pipeline = create_pipeline(options, test_pipeline)
     build_graph(pipeline, config["sources"], args, config["bits"], config["sizes"])
     pipeline.run().wait_until_finish()
-    summary = summarize(args.output, args.split_at, time.perf_counter() - start)
+    summary = summarize(args.output, config["sources"], args.split_at, time.perf_counter() - start)
     write_atomic(FileSystems.join(args.output, "summary.json"), json.dumps(summary, indent=1).encode())
     if summary["by_rate"]:
         plot_rate_quality(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from operators.nemo_checkpoint import load_nemo, save_nemo
+from operators.nemo_checkpoint import EMBEDDED_MODEL, load_nemo, save_nemo
 from operators.streaming_asr import (
     EncoderConfig,
     FastConformerASR,
@@ -46,7 +46,6 @@ TRAIN_VARIANTS = [
     "Jacky", "Lee", "Marco", "Michael", "norbert", "pablo", "paul", "pedro", "Storm", "belinda",
 ]
 HELD_OUT_VARIANTS = ["m4", "m6", "f4", "klatt2", "Andy", "Annie", "david", "john", "linda", "max"]
-DEFAULT_OUTPUT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "operators", "assets", "asr_default.nemo")
 CONTEXTS = ((70, 13), (70, 6), (70, 1), (70, 0))
 SAMPLE_RATE = 16000
 
@@ -207,11 +206,13 @@ def evaluate(operator: StreamingASR, audio: Sequence[np.ndarray], texts: Sequenc
 def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     """Generates data, trains, evaluates on held-out voices and writes the ``.nemo`` model."""
     parser = argparse.ArgumentParser(prog="mediabeam train-asr", description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="where to write the .nemo model")
+    parser.add_argument("--output", default=EMBEDDED_MODEL, help="where to write the .nemo model")
     parser.add_argument("--num-train", type=int, default=6000, help="training utterances")
     parser.add_argument("--num-test", type=int, default=300, help="held-out-voice test utterances")
     parser.add_argument("--train-minutes", type=float, default=20.0, help="training time budget")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (and synthesis workers)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest for this small model on a shared machine)")
+    parser.add_argument("--workers", type=int, default=2, help="parallel espeak-ng synthesis processes")
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch-frames", type=int, default=12000, help="mel frames per batch (padded)")
@@ -223,8 +224,8 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     began = time.time()
-    train_set = generate(args.num_train, TRAIN_VARIANTS, args.seed, args.threads)
-    test_set = generate(args.num_test, HELD_OUT_VARIANTS, args.seed + 1, args.threads)
+    train_set = generate(args.num_train, TRAIN_VARIANTS, args.seed, args.workers)
+    test_set = generate(args.num_test, HELD_OUT_VARIANTS, args.seed + 1, args.workers)
     print(f"synthesised {len(train_set)} train / {len(test_set)} held-out utterances in {time.time() - began:.0f}s")
     tokenizer_bytes = train_tokenizer([" ".join(VOCABULARY)] * 4 + [text for _, text, _ in train_set], 48)
     vocabulary = SentencePieceVocabulary(tokenizer_bytes)

@@ -74,3 +74,11 @@ def test_unknown_tables_are_reported(shared_codec):
     codec, x = shared_codec
     with pytest.raises(UnknownTablesError, match="load the table file"):
         FeatureCodec().decode(codec.encode(x, bits=4))
+
+
+def test_hostile_header_with_valid_checksum_is_refused_before_allocating(shared_codec):
+    codec, x = shared_codec
+    header, sections = unpack(codec.encode(x, bits=4))
+    huge = header._replace(shape=(4, 1 << 14, 1 << 14), n_symbols=1 << 30)
+    with pytest.raises(BitstreamError, match="cannot fit"):
+        codec.decode(pack(huge, sections))

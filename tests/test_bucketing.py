@@ -4,12 +4,13 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 
 from transforms.bucketing import (
-    BucketedBatchElements, MeasurePadding, cut_sorted, geometric_boundaries, padding_stats,
+    BucketedBatchElements, BucketedRunInference, MeasurePadding, cut_sorted, geometric_boundaries, padding_stats,
 )
 
 CAP = 64_000
@@ -114,3 +115,34 @@ def test_batches_never_mix_windows():
             assert sorted(seen) == sorted(expected_window)
 
         assert_that(batches, check)
+
+
+class FakeModel:
+    """Stands in for a model (RunInference keeps a weak reference to it)."""
+
+
+class PaddedCostHandler(ModelHandler):
+    """A fake model: returns ``(key, padded batch size)`` per item, so batches are visible."""
+
+    def load_model(self):
+        return FakeModel()
+
+    def run_inference(self, batch, model, inference_args=None):
+        padded = len(batch) * max(n for _, n in batch)
+        return [(key, padded) for key, _ in batch]
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": 32}
+
+
+def test_bucketed_run_inference_hands_the_model_capped_batches():
+    items = [(f"clip{i:03d}", n) for i, n in enumerate(_lengths(120, seed=3))]
+    with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+        results = (
+            pipeline
+            | "Create" >> beam.Create(items)
+            | "Infer" >> BucketedRunInference(PaddedCostHandler(), clip_length, CAP)
+        )
+        assert_that(results | "Keys" >> beam.Map(lambda r: r[0]), equal_to([k for k, _ in items]), label="AllOnce")
+        over = results | "OverCap" >> beam.Filter(lambda r: r[1] > CAP)
+        assert_that(over, equal_to([]), label="WithinCap")

@@ -12,6 +12,7 @@ from operators.continual import (
     SlidingGlobalAvgPool,
     clone_state,
     from_module,
+    fuse,
     state_from_numpy,
     state_to_numpy,
 )
@@ -92,6 +93,30 @@ def test_sequential_delay_and_stride_compose():
         net[1].running_var.uniform_(0.5, 2)
     co, _, _ = _check_equivalent(net, _stream(frames=20))
     assert co.delay == 1 + 2 * 2 + 2 * 1 and co.stride == 2
+
+
+def test_fuse_folds_batchnorm_and_keeps_outputs():
+    torch.manual_seed(9)
+    net = nn.Sequential(
+        nn.Conv3d(3, 4, (3, 3, 3), padding=(1, 1, 1), padding_mode="replicate"),
+        nn.Sequential(nn.BatchNorm3d(4), nn.ReLU()),
+        Parallel([nn.Identity(), nn.Sequential(nn.Conv3d(4, 4, (3, 1, 1), padding=(1, 0, 0), bias=False), nn.BatchNorm3d(4))]),
+    ).eval()
+    for bn in (net[1][0], net[2].branches[1][1]):
+        with torch.no_grad():
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-1, 1)
+    stream = _stream(frames=10)
+    co = fuse(from_module(net))
+    names = [type(m).__name__ for m in co.modules()]
+    assert "CoBatchNorm" not in names
+    with torch.no_grad():
+        got, first = _stepped(co, stream)
+        ref = net(stream)
+    assert first == co.delay == 2
+    torch.testing.assert_close(got, ref[:, :, : got.shape[2]], **TOL)
 
 
 def test_residual_branches_with_different_delays_are_aligned():

@@ -59,7 +59,7 @@ def test_inline_round_trip_is_exact(shape, dtype, bits, distribution, channel_ax
     x = make_features(shape, dtype, distribution, seed)
     codec = FeatureCodec(channel_axis=channel_axis, granularity=granularity, outliers=outliers, clip_sigmas=clip_sigmas)
     decoded = codec.decode(codec.encode(x, bits=bits))
-    axis = None if channel_axis is None or x.ndim == 0 else channel_axis % x.ndim
+    axis = None if channel_axis is None or x.ndim < 2 else channel_axis % x.ndim
     params = calibrate_uniform(feature_stats(x, axis if granularity == "channel" else None), bits, clip_sigmas)
     symbols, escapes = quantize_uniform(x, params, axis, outliers)
     assert same_bits(decoded, dequantize_uniform(symbols, escapes, params, axis, x.dtype))

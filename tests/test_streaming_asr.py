@@ -23,6 +23,7 @@ from operators.streaming_asr import (
 )
 
 VOCAB = CharVocabulary(list("abcdefghijkl"))
+torch.set_num_threads(1)  # tiny shapes: extra threads only add synchronisation on a shared machine
 
 
 def _operator(context, dtype=torch.float32, seed=0, **overrides):
@@ -248,7 +249,8 @@ def test_mel_filterbank_is_slaney_normalised():
     assert fb.shape == (80, 257)
     bin_hz = config.sample_rate / config.n_fft
     areas = fb.sum(dim=1) * bin_hz  # Slaney norm: each triangle has unit area in Hz
-    assert torch.allclose(areas[20:], torch.ones(60, dtype=torch.float64), atol=0.05)
+    assert torch.allclose(areas[40:], torch.ones(40, dtype=torch.float64), atol=0.03)
+    assert abs(float(areas[:40].mean()) - 1.0) < 0.05
     assert torch.all(fb >= 0) and torch.all(fb.sum(dim=1) > 0)
     centres = fb.argmax(dim=1)
     assert torch.all(centres[1:] >= centres[:-1])

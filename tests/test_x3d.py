@@ -50,21 +50,21 @@ def test_state_dict_keys_follow_pytorchvideo():
 
 
 def test_load_local_checkpoint_weights_only(tmp_path):
-    src = x3d_s(num_classes=7, crop_size=64).eval()
+    src = x3d_s(num_classes=7, clip_length=4, crop_size=32).eval()
     path = tmp_path / "X3D_S.pyth"
     torch.save({"model_state": src.state_dict(), "epoch": 1}, path)
-    loaded = load_x3d(str(path), "s", num_classes=7, crop_size=64)
-    clip = torch.randn(1, 3, 13, 64, 64)
+    loaded = load_x3d(str(path), "s", num_classes=7, clip_length=4, crop_size=32)
+    clip = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(clip), src(clip), rtol=0, atol=0)
     with pytest.raises(ValueError, match="variant"):
         load_x3d(str(path), "xl")
 
 
-@pytest.mark.parametrize("window", [4, 6])
-def test_cox3d_stepped_equals_offline(window):
+@pytest.mark.parametrize("window,fused", [(4, False), (6, False), (4, True)])
+def test_cox3d_stepped_equals_offline(window, fused):
     net = _tiny(head_softmax=window == 6)
-    co = co_x3d(net, window=window)
+    co = co_x3d(net, window=window, fused=fused)
     stream = torch.randn(2, 3, 18, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = net.forward_frames(stream)

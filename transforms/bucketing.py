@@ -12,12 +12,16 @@ Batching is per bundle and per window: items are held in per-bucket buffers; a b
 batch is emitted as soon as the next item would push it over the cap (bounded memory on
 long bundles), and at the end of the bundle all leftovers are sorted together and cut, so
 few small batches remain. No shuffle is added, so the step fuses with its neighbours.
+
+:class:`BucketedRunInference` puts any RunInference ``ModelHandler`` behind this batching:
+the handler sees exactly the bucketed batches (through :class:`PreBatchedModelHandler`).
 """
 
 import bisect
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.utils.windowed_value import WindowedValue
 
 NAMESPACE = "Bucketing"
@@ -166,4 +170,69 @@ class BucketedBatchElements(beam.PTransform):
             items
             | "BatchByBucket" >> beam.ParDo(self._fn)
             | "MeasurePadding" >> beam.ParDo(self._measure)
+        )
+
+
+class PreBatchedModelHandler(ModelHandler):
+    """Adapts a ``ModelHandler`` to inputs that are already batches (lists of items).
+
+    RunInference then hands each pre-made batch to the wrapped handler as one
+    ``run_inference`` call and outputs the list of its results.
+
+    Args:
+        handler: The wrapped handler (its model, loading and metrics namespace are kept).
+    """
+
+    def __init__(self, handler: ModelHandler):
+        super().__init__()
+        self._handler = handler
+
+    def load_model(self) -> Any:
+        return self._handler.load_model()
+
+    def run_inference(self, batches: Sequence[List[Any]], model: Any, inference_args=None) -> List[List[Any]]:
+        return [list(self._handler.run_inference(batch, model, inference_args)) for batch in batches]
+
+    def batch_elements_kwargs(self) -> Dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": 1}
+
+    def get_num_bytes(self, batches: Sequence[List[Any]]) -> int:
+        return sum(self._handler.get_num_bytes(batch) for batch in batches)
+
+    def get_metrics_namespace(self) -> str:
+        return self._handler.get_metrics_namespace()
+
+    def share_model_across_processes(self) -> bool:
+        return self._handler.share_model_across_processes()
+
+
+class BucketedRunInference(beam.PTransform):
+    """``RunInference`` over length-bucketed batches: items in, the handler's results out.
+
+    Args:
+        handler: Any RunInference ``ModelHandler`` over single items.
+        length_fn: Picklable item → length in samples.
+        max_batch_samples: Cap on the padded size of one batch (see
+            :class:`BucketedBatchElements`).
+        boundaries: Bucket upper edges (default: geometric).
+        max_batch_size: Cap on items per batch (default: the handler's ``max_batch_size``).
+        namespace: Metric namespace of the padding metrics.
+    """
+
+    def __init__(
+        self, handler: ModelHandler, length_fn: Callable[[Any], int], max_batch_samples: int,
+        boundaries: Optional[Sequence[int]] = None, max_batch_size: Optional[int] = None,
+        namespace: str = NAMESPACE,
+    ):
+        super().__init__()
+        size = max_batch_size or handler.batch_elements_kwargs().get("max_batch_size", 256)
+        self._batch = BucketedBatchElements(length_fn, max_batch_samples, boundaries, size, namespace)
+        self._handler = PreBatchedModelHandler(handler)
+
+    def expand(self, items):
+        return (
+            items
+            | "BucketedBatches" >> self._batch
+            | "RunInference" >> RunInference(self._handler)
+            | "UnbatchResults" >> beam.FlatMap(list)
         )

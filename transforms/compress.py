@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from operators.base import MediaError, first_member
 from operators.bitstream import unpack
+from operators.entropy_prior import DEFAULT_PRECISION
 from operators.feature_codec import (
     CodecTables,
     FeatureCodec,
@@ -131,7 +132,7 @@ class FitCodecTables(beam.PTransform):
         codebook_groups: int = 1,
         codebook_sample: int = 20_000,
         outliers: str = "escape",
-        precision: int = 20,
+        precision: int = DEFAULT_PRECISION,
         seed: int = 0,
     ):
         super().__init__()

@@ -3,9 +3,8 @@
 :class:`CountStage` is a pass-through step that any job drops between two stages. It keeps
 ``Progress/<stage>.elements`` and ``Progress/<stage>.bytes`` counters and a distribution
 ``Progress/<stage>.seen_at_ms`` of when elements passed (milliseconds since the job was
-built): its min and max over all workers give the stage's active window, so
-``elements / (max - min)`` is the stage's throughput on any runner that reports
-distributions. Every ``log_every_s`` each worker logs how many elements it passed and its
+built): its min and max over all workers say when the stage was active, on any runner
+that reports distributions (see ``pipelines.operability.stage_throughput``). Every ``log_every_s`` each worker logs how many elements it passed and its
 rate, which is what a person tailing worker logs on Dataflow or Flink sees while the job
 runs. :class:`CountDeadLetters` counts dead letters per stage and error type.
 """

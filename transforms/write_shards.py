@@ -83,6 +83,22 @@ def corpus_table(rows: Sequence[CorpusRow]) -> pa.Table:
     return pa.table({name: columns[name] for name in CORPUS_SCHEMA.names}, schema=CORPUS_SCHEMA)
 
 
+def corpus_rows(table: pa.Table) -> List[CorpusRow]:
+    """The inverse of :func:`corpus_table`: rows of a corpus Parquet table as ``CorpusRow``."""
+    tokens = table.column("tokens").combine_chunks()
+    offsets = tokens.offsets.to_numpy()
+    values = tokens.values.to_numpy(zero_copy_only=False).astype(np.int32)
+    fields = {name: table.column(name).to_pylist() for name in CorpusRow._fields if name != "tokens"}
+    return [
+        CorpusRow(
+            **{name: fields[name][i] for name in fields if name != "token_shape"},
+            tokens=values[offsets[i] : offsets[i + 1]].copy(),
+            token_shape=tuple(fields["token_shape"][i]),
+        )
+        for i in range(table.num_rows)
+    ]
+
+
 def dead_letter_table(dead: Sequence[DeadLetter]) -> pa.Table:
     """Builds a ``DEAD_LETTER_SCHEMA`` table."""
     return pa.table(
@@ -186,8 +202,11 @@ class WriteShardFn(beam.DoFn):
         yield manifest
 
     def _remove_stale(self, stem: str) -> None:
-        """Deletes parts a previous, unfinished run left for this shard."""
+        """Deletes parts a previous run left for this shard, its manifest first: a crash while
+        the shard is rewritten (e.g. by a dead-letter retry) leaves it unfinished for
+        ``--resume``, never marked done with half its files."""
         patterns = [
+            FileSystems.join(self._out, "_manifests", f"{stem}.json"),
             FileSystems.join(self._out, "corpus", f"{stem}-*.parquet"),
             FileSystems.join(self._out, "webdataset", f"{stem}-*.tar"),
             FileSystems.join(self._out, "dead_letters", f"{stem}.parquet"),

@@ -6,13 +6,14 @@ squared distance to it, without ever building the ``N × K`` distance matrix. It
 
 Blocking, as in a GEMM micro-kernel:
 
-* Centroids are packed once into panels of ``TW = 32`` centroids, ``[K/32, D, 32]``, so one step
-  of the inner loop loads two 16-float vectors (one cache line each).
-* The micro-kernel keeps a ``P = 6`` points × 32 centroids tile of dot products in 12 vector
-  registers and walks the feature dimension in chunks of at most ``DC`` floats, so the centroid
-  panel chunk (``DC × 32`` floats, ≤ 32 KiB) stays in L1 while ``MT`` point tiles reuse it.
+* Centroids are packed once into panels of ``TW = 64`` centroids, ``[K/64, D, 64]``, so one step
+  of the inner loop loads four 16-float vectors (one cache line each).
+* The micro-kernel keeps a ``P = 6`` points × 64 centroids tile of dot products in 24 of the 32
+  AVX-512 registers and walks the feature dimension in chunks of at most ``DC = 128`` floats,
+  so the centroid panel chunk (``DC × 64`` floats = 32 KiB) stays in L1 while ``MT = 8`` point
+  tiles reuse it (each centroid load feeds 6 FMAs, each point broadcast feeds 4).
 * After each panel the tile is turned into ``||c||² − 2 x·c`` and merged into a running per-lane
-  minimum and argmin (vector compare + select); the 32 lanes are reduced once per point.
+  minimum and argmin (vector compare + select); the 64 lanes are reduced once per point.
 
 Numba's auto-vectoriser does not find this register blocking by itself, so the micro-kernel is
 written as an ``@intrinsic`` emitting explicit ``<16 x float>`` LLVM IR (FMA + select). The
@@ -21,12 +22,13 @@ outer loops are ordinary ``prange`` Numba code, parallel over blocks of points.
 
 from typing import Tuple
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from operators.kernels.device import resolve
 
 LANES = 16
 VECTORS = 4
@@ -231,6 +233,11 @@ def assign_reference(x: np.ndarray, codebook: np.ndarray) -> Tuple[np.ndarray, n
     return idx, np.maximum(d[np.arange(len(x)), idx], 0.0)
 
 
-def num_threads() -> int:
-    """Threads the parallel kernels use (``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``)."""
-    return numba.get_num_threads()
+def nearest(x: np.ndarray, codebook, device: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
+    """``assign`` on the chosen device (``"auto"``: the GPU when present, else the CPU)."""
+    if resolve(device) == "cuda":
+        from operators.kernels import cuda_nearest
+
+        raw = codebook.codebook if isinstance(codebook, PackedCodebook) else codebook
+        return cuda_nearest.assign(x, raw)
+    return assign(x, codebook)

@@ -71,11 +71,13 @@ def _encode(symbols, cdf, inner, n_channels, precision, n_states):
     prec = np.uint64(precision)
     n_rows = (n + inner - 1) // inner
     state_mask = n_states - 1
-    recip = np.empty(cdf.shape[1], np.float64)
+    n_used = min(n_channels, n_rows)
+    recip = np.empty((n_used, cdf.shape[1] - 1), np.float64)
+    for c in range(n_used):
+        for s in range(cdf.shape[1] - 1):
+            recip[c, s] = 1.0 / (np.float64(cdf[c, s + 1]) - np.float64(cdf[c, s]))
     for r in range(n_rows - 1, -1, -1):
         c = r % n_channels
-        for s in range(cdf.shape[1] - 1):
-            recip[s] = 1.0 / (np.float64(cdf[c, s + 1]) - np.float64(cdf[c, s]))
         lo = r * inner
         hi = min(lo + inner, n)
         for i in range(hi - 1, lo - 1, -1):
@@ -88,7 +90,7 @@ def _encode(symbols, cdf, inner, n_channels, precision, n_states):
             out[pos - 1] = np.uint32(x & np.uint64(0xFFFFFFFF))
             pos -= spill
             x >>= spill << np.uint64(5)
-            q = np.uint64(np.float64(x) * recip[s])
+            q = np.uint64(np.float64(x) * recip[c, s])
             rem = np.int64(x - q * freq)
             while rem < 0:
                 q -= np.uint64(1)

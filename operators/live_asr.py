@@ -1,0 +1,250 @@
+"""Live ASR: arbitrary PCM pieces in, transcript deltas out, state as numpy (no Beam import).
+
+Wraps :class:`operators.streaming_asr.StreamingASR` for live streams whose audio arrives in
+pieces of any size. Per stream, the state is a dict of numpy arrays holding
+
+* the operator's cache-aware ``StreamState`` (one stream; ``asr/<field>``),
+* an incremental NeMo front end: the pre-emphasised samples the next mel frames still need
+  (at most one 25 ms window plus one piece), the last raw sample (pre-emphasis) and counters,
+* the mel frames waiting for a full chunk (fewer than ``8C`` frames),
+* the last emitted token (so a delta decodes with the right word boundary).
+
+Its size is fixed by the model and the largest piece, never by the stream's length. Mel frames
+are computed as soon as their window is complete, chunks are stepped as soon as they are full,
+and the end of the stream flushes the last (shorter) chunk, so the concatenated deltas equal
+``StreamingASR.transcribe`` of the whole audio. ``step_batch`` advances many streams with one
+batched operator step: this is what makes throughput grow with concurrency.
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from operators.asr_frontend import mel_filterbank
+from operators.base import MediaError
+from operators.streaming_asr import STATE_BATCH_AXES, StreamingASR, state_from_numpy, state_to_numpy
+
+__all__ = ["LiveASR", "AsrDelta", "SampleFormatError"]
+
+State = Dict[str, np.ndarray]
+
+
+class SampleFormatError(MediaError):
+    """Audio whose format the model cannot take (sample rate, encoding, odd byte count)."""
+
+
+class AsrDelta(Dict[str, object]):
+    """What one step adds to a stream's transcript: ``text``, ``tokens``, ``audio_end_s``."""
+
+
+class LiveASR:
+    """Per-stream live front end + chunker around a ``StreamingASR`` operator.
+
+    Args:
+        asr: The operator (its attention context fixes the chunk size).
+    """
+
+    event_name = "partial"
+
+    def __init__(self, asr: StreamingASR):
+        self.asr = asr
+        self.mel = asr.config.mel
+        self.chunk, self.first_frames, self.later_frames = asr.chunk_sizes()
+        self._fbank = mel_filterbank(self.mel)
+        self._window = torch.nn.functional.pad(
+            torch.hann_window(self.mel.win_length, periodic=False, dtype=torch.float32),
+            ((self.mel.n_fft - self.mel.win_length) // 2,) * 2,
+        )
+        self._half = self.mel.n_fft // 2
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mel.sample_rate
+
+    @property
+    def chunk_seconds(self) -> float:
+        """Audio per later step (e.g. 1.12 s at ``[70, 13]``)."""
+        return self.later_frames * self.mel.hop_length / self.mel.sample_rate
+
+    def init_state(self) -> State:
+        """The state of a new stream."""
+        state = {f"asr/{k}": v for k, v in state_to_numpy(self.asr.initial_state(1)).items()}
+        state.update(
+            tail=np.zeros(0, np.float32),  # pre-emphasised samples from frame `frames`' window start
+            prev=np.zeros(1, np.float32),  # last raw sample (pre-emphasis)
+            samples=np.zeros((), np.int64),  # samples received
+            frames=np.zeros((), np.int64),  # mel frames computed
+            mel=np.zeros((self.mel.n_mels, 0), np.float32),  # mel frames not yet stepped
+            steps=np.zeros((), np.int64),
+            final=np.zeros((), np.bool_),
+            done=np.zeros((), np.bool_),
+            prev_token=np.full((), -1, np.int64),
+        )
+        return state
+
+    def decode(self, kind: int, sample_rate: int, payload: bytes) -> np.ndarray:
+        """PCM payload → float32 samples; raises ``SampleFormatError`` naming the problem.
+
+        ``kind`` 0 with no payload (a bare end-of-stream frame) gives no samples.
+        """
+        if int(kind) == 0 and not payload:
+            return np.zeros(0, np.float32)
+        if sample_rate != self.sample_rate:
+            raise SampleFormatError(f"sample rate {sample_rate} Hz; this model takes {self.sample_rate} Hz mono")
+        width = {1: 2, 2: 4}.get(int(kind))
+        if width is None:
+            raise SampleFormatError(f"payload kind {kind} is not PCM (1 = s16le, 2 = f32le)")
+        if len(payload) % width:
+            raise SampleFormatError(f"{len(payload)} payload bytes is not a whole number of {width}-byte samples")
+        if width == 2:
+            return np.frombuffer(payload, "<i2").astype(np.float32) / 32768.0
+        samples = np.frombuffer(payload, "<f4").astype(np.float32)
+        if not np.all(np.isfinite(samples)):
+            raise SampleFormatError("float samples contain NaN or infinity")
+        return samples
+
+    def push(self, state: State, samples: np.ndarray, final: bool) -> State:
+        """Adds samples (and the end of the stream) to a stream; computes the mel frames now complete."""
+        if bool(state["final"]):
+            raise ValueError("stream already ended")
+        state = dict(state)
+        samples = np.asarray(samples, np.float32)
+        hop, half = self.mel.hop_length, self._half
+        n_old = int(state["samples"])
+        if len(samples):
+            shifted = np.concatenate([state["prev"], samples[:-1]])
+            emph = samples - self.mel.preemph * shifted if self.mel.preemph else samples.copy()
+            if n_old == 0:
+                emph[0] = samples[0]
+            state["prev"] = samples[-1:].copy()
+            state["tail"] = np.concatenate([state["tail"], emph])
+        total = n_old + len(samples)
+        state["samples"] = np.asarray(total, np.int64)
+        first = int(state["frames"])
+        # Frame t's window covers samples [t*hop - win/2, t*hop + win/2): ready once they all arrived.
+        if final:
+            state["final"] = np.asarray(True)
+            last = total // hop if total else 0
+        else:
+            last = max(0, (total - self.mel.win_length // 2) // hop + 1)
+            last = min(last, total // hop)
+        if last > first:
+            state["mel"] = np.concatenate([state["mel"], self._mel_frames(state["tail"], first, last, total)], axis=1)
+            state["frames"] = np.asarray(last, np.int64)
+            keep_from = max(0, last * hop - half) - max(0, first * hop - half)
+            state["tail"] = state["tail"][keep_from:].copy()
+        return state
+
+    def _mel_frames(self, tail: np.ndarray, first: int, last: int, total: int) -> np.ndarray:
+        """Log-mel frames ``first..last-1``; ``tail`` starts at sample ``max(0, first*hop - n_fft/2)``."""
+        hop, half = self.mel.hop_length, self._half
+        start = first * hop - half
+        lead = max(0, -start)
+        need = (last - 1) * hop + half - max(0, start)
+        avail = min(len(tail), max(0, total - max(0, start)))
+        padded = np.zeros(lead + max(need, avail), np.float32)
+        padded[lead : lead + avail] = tail[:avail]
+        frames = torch.from_numpy(padded).unfold(0, self.mel.n_fft, hop)[: last - first]
+        spec = torch.fft.rfft(frames * self._window, dim=-1)
+        power = torch.view_as_real(spec).pow(2).sum(-1).sqrt().pow(2)
+        mel = torch.log(torch.matmul(self._fbank, power.T) + self.mel.log_zero_guard)
+        return mel.numpy().astype(np.float32)
+
+    def _width(self, state: State) -> int:
+        return self.first_frames if int(state["steps"]) == 0 else self.later_frames
+
+    def ready(self, state: State) -> bool:
+        """Whether the stream has a chunk to step now (a full one, or its last one)."""
+        if bool(state["done"]):
+            return False
+        return state["mel"].shape[1] >= self._width(state) or bool(state["final"])
+
+    def finished(self, state: State) -> bool:
+        """The stream ended and its last chunk was stepped."""
+        return bool(state["done"])
+
+    def step_batch(self, states: Sequence[State]) -> List[Tuple[Optional[AsrDelta], State]]:
+        """One batched operator step for streams that are all ``ready``.
+
+        Returns per stream ``(delta, state)``; ``delta`` is ``None`` when the stream ended
+        with nothing left to step (its state is then ``finished``).
+        """
+        results: List[Tuple[Optional[AsrDelta], State]] = [(None, s) for s in states]
+        rows, chunks, lengths = [], [], []
+        for i, state in enumerate(states):
+            width = self._width(state)
+            n = min(width, state["mel"].shape[1])
+            if n == 0:  # ended with nothing left to step
+                done = dict(state)
+                done["done"] = np.asarray(True)
+                results[i] = (None, done)
+                continue
+            rows.append(i)
+            chunks.append(state["mel"][:, :n])
+            lengths.append(n)
+        if not rows:
+            return results
+        width = max(max(lengths), 1)
+        features = np.zeros((len(rows), self.mel.n_mels, width), np.float32)
+        for j, chunk in enumerate(chunks):
+            features[j, :, : chunk.shape[1]] = chunk
+        batch_state = state_from_numpy({
+            name: np.concatenate([states[i][f"asr/{name}"] for i in rows], axis=axis)
+            for name, axis in STATE_BATCH_AXES.items()
+        })
+        output, new_state = self.asr.step(
+            torch.from_numpy(features).to(self.asr.dtype), torch.tensor(lengths, dtype=torch.long), batch_state
+        )
+        arrays = state_to_numpy(new_state)
+        hop_s = self.mel.hop_length / self.mel.sample_rate
+        for j, i in enumerate(rows):
+            state = dict(states[i])
+            for name, axis in STATE_BATCH_AXES.items():
+                state[f"asr/{name}"] = np.take(arrays[name], [j], axis=axis).copy()
+            n = lengths[j]
+            state["mel"] = state["mel"][:, n:].copy()
+            state["steps"] = np.asarray(int(state["steps"]) + 1, np.int64)
+            tokens = [int(t) for t in output.tokens[j]]
+            anchor = int(state["prev_token"])
+            if tokens:
+                state["prev_token"] = np.asarray(tokens[-1], np.int64)
+            if bool(state["final"]) and state["mel"].shape[1] == 0:
+                state["done"] = np.asarray(True)
+            consumed = int(state["frames"]) - state["mel"].shape[1]
+            results[i] = (AsrDelta(text=self.delta_text(anchor, tokens), tokens=tokens,
+                                   audio_end_s=round(consumed * hop_s, 3)), state)
+        return results
+
+    def delta_text(self, anchor: int, tokens: Sequence[int]) -> str:
+        """Text that ``tokens`` add after token ``anchor`` (-1: start), word boundaries kept."""
+        vocab = self.asr.vocabulary
+        if not tokens:
+            return ""
+        if anchor < 0:
+            return vocab.decode(list(tokens))
+        before = vocab.decode([anchor])
+        both = vocab.decode([anchor, *tokens])
+        return both[len(before):] if both.startswith(before) else vocab.decode(list(tokens))
+
+
+def load_live_asr(
+    path: Optional[str] = None, att_context: Optional[Sequence[int]] = None, decoder: Optional[str] = None
+) -> LiveASR:
+    """A ``LiveASR`` over a ``.nemo`` model (default: the embedded model in ``operators/assets``)."""
+    from operators.nemo_checkpoint import EMBEDDED_MODEL, load_nemo
+
+    return LiveASR(load_nemo(path or EMBEDDED_MODEL, att_context, decoder))
+
+
+def random_live_asr(
+    n_layers: int = 2, d_model: int = 64, n_heads: int = 4, subsampling_channels: int = 16,
+    att_context: Sequence[int] = (70, 13), seed: int = 0, labels: str = "abcdefghijk ",
+) -> LiveASR:
+    """A ``LiveASR`` over a random-weight CTC model (tests; the large config for benchmarks)."""
+    from operators.streaming_asr import CharVocabulary, EncoderConfig, ModelConfig, random_model
+
+    encoder = EncoderConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                            subsampling_conv_channels=subsampling_channels)
+    model = random_model(ModelConfig(encoder=encoder, vocab_size=len(labels)), seed=seed)
+    return LiveASR(StreamingASR(model, CharVocabulary(list(labels)), att_context))

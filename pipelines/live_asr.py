@@ -1,0 +1,47 @@
+"""``mediabeam live-asr``: live transcription of many concurrent audio streams (Beam streaming).
+
+Clients (``mediabeam send``) stream framed PCM chunks over TCP (127.0.0.1 by default) or
+recordings are replayed with ``--tail``; each stream's cache-aware ASR state lives in Beam
+state; partial and final transcript deltas come out as JSON lines (stdout, ``--output``
+file, and with ``--reply`` back to the client). Runs locally on the in-process FnApiRunner.
+"""
+
+import argparse
+import functools
+import os
+from typing import Optional, Sequence
+
+from operators.live_asr import load_live_asr
+from pipelines.common import ConfigError, parse_job_args
+from pipelines.live_common import add_live_flags, check_live_flags, run_live
+
+
+def parse_context(value: Optional[str]):
+    """``"70,13"`` → ``(70, 13)``; ``None`` stays ``None`` (the model's default)."""
+    if value is None:
+        return None
+    try:
+        left, right = (int(part) for part in value.split(","))
+    except ValueError:
+        raise ConfigError(f"--att-context {value!r} must look like 70,13 (left,right frames of 80 ms)")
+    return left, right
+
+
+def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> None:
+    parser = argparse.ArgumentParser(prog="mediabeam live-asr", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help=".nemo model (default: the embedded model)")
+    parser.add_argument("--att-context", default=None, help="look-ahead L,R (70,13 → 1.12 s chunks)")
+    parser.add_argument("--decoder", choices=("ctc", "rnnt"), default=None, help="hybrid models: which head")
+    add_live_flags(parser)
+    args, options = parse_job_args(parser, argv)
+    check_live_flags(args)
+    if args.model is None:
+        from operators.nemo_checkpoint import EMBEDDED_MODEL
+
+        if not os.path.isfile(EMBEDDED_MODEL):
+            raise ConfigError(f"the embedded model {EMBEDDED_MODEL} is missing; run `mediabeam train-asr` or pass --model")
+    elif not os.path.isfile(args.model):
+        raise ConfigError(f"--model {args.model!r} does not exist; pass a .nemo file or omit it for the default")
+    factory = functools.partial(load_live_asr, args.model, parse_context(args.att_context), args.decoder)
+    name = os.path.basename(args.model) if args.model else "asr_default"
+    run_live(args, options, factory, name, test_pipeline)

@@ -1,0 +1,77 @@
+"""What ``live-asr`` and ``live-video`` share: flags, checks and the streaming graph."""
+
+import argparse
+import os
+from typing import Any, Callable, Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.common import ConfigError, create_pipeline
+from transforms.errors import DEAD_LETTER_TAG
+from transforms.live_source import ReadLiveFrames, SourceSpec, WriteLiveEvents
+from transforms.live_streams import LiveStreams, error_event
+
+
+def add_live_flags(parser: argparse.ArgumentParser) -> None:
+    """Source, sink, stream-handling and bounded-run flags."""
+    src = parser.add_argument_group("source")
+    src.add_argument("--host", default="127.0.0.1", help="listen address (default loopback only)")
+    src.add_argument("--port", type=int, default=8765, help="listen port (0: any free port, printed)")
+    src.add_argument("--tail", default=None, help="replay .mbl recordings from this file or folder instead of TCP")
+    src.add_argument("--max-frame-bytes", type=int, default=1 << 20, help="larger frames become error events")
+    out = parser.add_argument_group("sink")
+    out.add_argument("--output", default="-", help="JSON-lines events file ('-': stdout)")
+    out.add_argument("--reply", action="store_true", help="also send each event back to the stream's client")
+    streams = parser.add_argument_group("streams")
+    streams.add_argument("--idle-timeout", type=float, default=30.0, help="seconds before an idle stream is finalised")
+    streams.add_argument("--max-pending", type=int, default=64, help="out-of-order chunks buffered per stream")
+    streams.add_argument("--num-shards", type=int, default=1, help="stream shards (parallelism when distributed)")
+    streams.add_argument("--max-batch", type=int, default=64, help="most streams in one batched model step")
+    bounded = parser.add_argument_group("bounded runs")
+    bounded.add_argument("--max-idle-seconds", type=float, default=0.0, help="stop after this long without a frame")
+    bounded.add_argument("--stop-after", type=float, default=0.0, help="stop after this many seconds")
+
+
+def check_live_flags(args: argparse.Namespace) -> None:
+    """Raises ``ConfigError`` for flags that cannot work, saying how to fix them."""
+    if args.tail is None and not 0 <= args.port < 65536:
+        raise ConfigError(f"--port {args.port} must be in 0..65535")
+    if args.tail is not None and not os.path.exists(args.tail):
+        raise ConfigError(f"--tail {args.tail!r} does not exist; pass a .mbl recording or a folder of them")
+    for name in ("max_frame_bytes", "max_pending", "num_shards", "max_batch"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.idle_timeout <= 0:
+        raise ConfigError("--idle-timeout must be positive (seconds)")
+    if args.reply and args.tail is not None:
+        raise ConfigError("--reply needs the TCP source; drop it with --tail")
+    if args.output != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise ConfigError(f"--output {args.output!r}: its folder does not exist")
+
+
+def source_spec(args: argparse.Namespace) -> SourceSpec:
+    kind, address = ("tail", os.path.abspath(args.tail)) if args.tail else ("tcp", f"{args.host}:{args.port}")
+    return SourceSpec(kind, address, args.max_frame_bytes, args.max_idle_seconds, args.stop_after)
+
+
+def run_live(args: argparse.Namespace, options: PipelineOptions, engine_factory: Callable[[], Any], model: str,
+             test_pipeline: Optional[beam.Pipeline] = None) -> None:
+    """Builds source → per-stream inference → JSON sink (events and error events) and runs it."""
+    options.view_as(StandardOptions).streaming = True
+    pipeline = create_pipeline(options, test_pipeline)
+    frames = pipeline | "ReadLiveFrames" >> ReadLiveFrames(source_spec(args))
+    results = frames["chunks"] | "LiveStreams" >> LiveStreams(
+        engine_factory, model, num_shards=args.num_shards, idle_seconds=args.idle_timeout,
+        max_pending=args.max_pending, max_payload_bytes=args.max_frame_bytes, max_batch=args.max_batch)
+    errors = (
+        (frames[DEAD_LETTER_TAG], results[DEAD_LETTER_TAG])
+        | "MergeDeadLetters" >> beam.Flatten()
+        | "ErrorEvents" >> beam.Map(error_event)
+    )
+    _ = (
+        (results["events"], errors)
+        | "MergeEvents" >> beam.Flatten()
+        | "WriteEvents" >> WriteLiveEvents(args.output, args.reply)
+    )
+    pipeline.run().wait_until_finish()

@@ -1,0 +1,32 @@
+"""``mediabeam live-video``: continual (CoX3D) per-frame predictions for live video streams.
+
+Clients send one encoded frame (JPEG/PNG) per chunk (``mediabeam send video.mp4`` decodes
+and encodes them); each stream's continual state lives in Beam state; one ``prediction``
+event per network output (top classes and scores) and a ``final`` event per stream.
+"""
+
+import argparse
+import functools
+from typing import Optional, Sequence
+
+from operators.live_video import live_co_x3d
+from pipelines.common import ConfigError, parse_job_args
+from pipelines.live_common import add_live_flags, check_live_flags, run_live
+
+
+def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> None:
+    parser = argparse.ArgumentParser(prog="mediabeam live-video", description=__doc__.split("\n")[0])
+    parser.add_argument("--variant", choices=("s", "m", "tiny"), default="s", help="X3D variant")
+    parser.add_argument("--window", type=int, default=16, help="temporal pool window (frames)")
+    parser.add_argument("--weights", default=None, help="local X3D checkpoint (default: random weights)")
+    parser.add_argument("--num-classes", type=int, default=400)
+    parser.add_argument("--size", type=int, default=160, help="frames are resized to SIZE×SIZE")
+    parser.add_argument("--top-k", type=int, default=5)
+    add_live_flags(parser)
+    args, options = parse_job_args(parser, argv)
+    check_live_flags(args)
+    if args.window < 1 or args.size < 8 or args.top_k < 1:
+        raise ConfigError("--window ≥ 1, --size ≥ 8 and --top-k ≥ 1 are needed")
+    factory = functools.partial(live_co_x3d, args.variant, args.window, args.num_classes, args.weights,
+                                args.size, args.top_k)
+    run_live(args, options, factory, f"co_x3d_{args.variant}-w{args.window}", test_pipeline)

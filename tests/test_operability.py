@@ -1,0 +1,143 @@
+"""Operability: dead-letter retry, progress lines, metrics per stage, the run report."""
+
+import base64
+import glob
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipelines import build_corpus
+from pipelines.make_samples import write_sample_shards
+from pipelines.operability import ProgressMonitor, manifest_progress
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return write_sample_shards(str(tmp_path_factory.mktemp("samples")), num_shards=2, samples_per_shard=6, seed=7)
+
+
+@pytest.fixture(scope="module")
+def full_run(samples, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("full") / "out")
+    summary = build_corpus.run(["--input", *samples["shards"], "--output", out])
+    return out, summary
+
+
+def table(pattern):
+    rows = [r for f in sorted(glob.glob(pattern)) for r in pq.read_table(f).to_pylist()]
+    return sorted(rows, key=lambda r: (r["source"], r["key"]))
+
+
+def test_retry_dead_letters_recovers_them_and_keeps_the_accounting(samples, full_run, tmp_path):
+    out = str(tmp_path / "out")
+    shards = sorted(samples["shards"])
+    first = build_corpus.run(["--input", *shards, "--output", out, "--max-member-mb", "0.012", "--no-report"])
+    too_big = [d for d in table(f"{out}/dead_letters/*.parquet") if "-byte limit" in d["message"]]
+    assert too_big, "the small member limit should turn some samples into dead letters"
+    assert first["dead_letters"] == len(too_big) + len(samples["broken"])
+
+    retry = build_corpus.run(["--input", *shards, "--output", out, "--retry-dead-letters", "--no-report"])
+    assert retry["retried_dead_letters"] == first["dead_letters"]
+    assert retry["recovered_by_retry"] == len(too_big)
+    assert retry["records"] == retry["rows"] + retry["dead_letters"] == sum(samples["shards"].values())
+    full_out, _ = full_run
+    assert table(f"{out}/corpus/*.parquet") == table(f"{full_out}/corpus/*.parquet")
+    assert table(f"{out}/dead_letters/*.parquet") == table(f"{full_out}/dead_letters/*.parquet")
+    for path in glob.glob(f"{out}/_manifests/*.json"):
+        m = json.load(open(path))
+        assert m["records"] == m["rows"] + m["dead_letters"]
+
+    again = build_corpus.run(["--input", *shards, "--output", out, "--retry-dead-letters", "--no-report"])
+    assert again["recovered_by_retry"] == 0 and again["retried_dead_letters"] == len(samples["broken"])
+
+
+def test_retry_also_finishes_unfinished_shards(samples, full_run, tmp_path):
+    out = str(tmp_path / "out")
+    shards = sorted(samples["shards"])
+    build_corpus.run(["--input", shards[0], "--output", out, "--no-report"])
+    summary = build_corpus.run(["--input", *shards, "--output", out, "--retry-dead-letters", "--no-report"])
+    assert summary["shards"] == 2 and summary["skipped_by_resume"] == 0
+    assert table(f"{out}/corpus/*.parquet") == table(f"{full_run[0]}/corpus/*.parquet")
+
+
+def test_progress_monitor_reports_done_total_rate_and_eta():
+    state = {"done": (0, 0)}
+    stream = io.StringIO()
+    with ProgressMonitor(4, lambda: state["done"], interval_s=0.05, stream=stream) as monitor:
+        assert "0/4 shards (0%)" in monitor.line() and "ETA unknown" in monitor.line()
+        state["done"] = (2, 50)
+        line = monitor.line()
+    assert "2/4 shards (50%), 50 samples" in line and "samples/s" in line and "ETA 0:" in line
+    assert stream.getvalue().strip().splitlines()[-1].startswith("progress: 2/4 shards")
+
+
+def test_manifest_progress_counts_finished_shards(samples, full_run):
+    out, summary = full_run
+    done = manifest_progress(out, sorted(samples["shards"]), since_s=0)
+    assert done() == (2, summary["records"])
+    assert manifest_progress(out, sorted(samples["shards"]), since_s=4e9)() == (0, 0)
+
+
+def test_metrics_count_every_stage_and_dead_letters_per_stage(full_run):
+    out, summary = full_run
+    report = json.load(open(f"{out}/report.json"))
+    counters = report["metrics"]["counters"]
+    dead_by_stage = {k.split("/", 1)[1]: v for k, v in counters.items()
+                     if k.startswith("DeadLetters/") and "." not in k}
+    assert dead_by_stage == summary["dead_letters_by_stage"]
+    assert counters["Progress/Read.elements"] + sum(
+        v for k, v in dead_by_stage.items() if k == "ReadShards") == summary["records"]
+    assert counters["Progress/Tokenize.elements"] == summary["rows"]
+    assert counters["Progress/Write.elements"] == summary["shards"]
+    assert counters["Progress/Read.bytes"] >= summary["source_bytes"]
+    assert counters["Tokenize/tokens"] == summary["tokens"]
+    assert {"Read", "Tokenize", "Write"} <= set(summary["stage_throughput"])
+
+
+def test_report_json_matches_the_output(full_run):
+    out, summary = full_run
+    report = json.load(open(f"{out}/report.json"))
+    assert report["corpus_rows"] == summary["rows"] and report["dead_letter_rows"] == summary["dead_letters"]
+    for modality, n in summary["rows_by_modality"].items():
+        stats = report["tokens_per_sample"][modality]
+        assert stats["count"] == n == sum(stats["histogram"]["counts"])
+    corpus = table(f"{out}/corpus/*.parquet")
+    video = [r for r in corpus if r["modality"] == "video"]
+    kbps = [r["source_bytes"] * 8 / r["duration_s"] / 1000 for r in video]
+    assert report["source_bitrate_kbps"]["video"]["p50"] == pytest.approx(np.percentile(kbps, 50), rel=1e-3)
+    assert sum(report["dead_letters_by_reason"].values()) == summary["dead_letters"]
+
+
+def test_report_html_is_self_contained_with_four_plots(full_run):
+    page = open(f"{full_run[0]}/report.html").read()
+    images = page.split('src="data:image/png;base64,')[1:]
+    assert len(images) == 4
+    for chunk in images:
+        png = Image.open(io.BytesIO(base64.b64decode(chunk.split('"', 1)[0])))
+        assert png.size[0] > 200 and png.size[1] > 100
+    assert "http://" not in page and "https://" not in page
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="no chromium here (apt-get install -y chromium); benchmarks/check_report.py does the same check",
+)
+def test_report_renders_in_a_headless_browser(full_run, tmp_path):
+    shot = str(tmp_path / "report.png")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "check_report.py"), f"{full_run[0]}/report.html", shot],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape[0] > 1000 and pixels.std() > 10  # a rendered page, not a blank one
