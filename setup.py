@@ -8,7 +8,7 @@ setup(
     description="Apache Beam pipelines that run model-backed operators over sharded media.",
     python_requires=">=3.10",
     packages=find_packages(include=["pipelines*", "transforms*", "operators*", "schemas*"]),
-    package_data={"operators": ["assets/*"]},
+    package_data={"operators": ["assets/*", "assets/*/*", "assets/*/*/*"]},
     include_package_data=True,
     install_requires=[
         "apache-beam>=2.60,<3",
@@ -31,5 +31,7 @@ setup(
         "bench": ["faiss-cpu>=1.8,<2", "constriction>=0.4,<1", "zstandard>=0.22", "matplotlib>=3.8"],
         "cuda": ["numba-cuda[cu13]>=0.20"],
     },
-    entry_points={"console_scripts": ["mediabeam=pipelines.cli:main"]},
+    entry_points={
+        "console_scripts": ["mediabeam=pipelines.cli:main", "mediabeam-worker-boot=pipelines.worker_boot:main"]
+    },
 )

@@ -116,21 +116,29 @@ def lloyd_update(
 ) -> Tuple[np.ndarray, int]:
     """New centroids = member means; empty clusters are re-seeded deterministically.
 
-    Each empty cluster takes the sample row farthest from its nearest non-empty centroid
-    (farthest first, one row per empty cluster), the usual fix that splits the worst-served
-    region. Returns ``(centroids, number re-seeded)``.
+    Farthest-point re-seeding: each empty cluster in turn takes the sample row farthest from
+    all non-empty centroids and from the rows already taken (first row on ties), which splits
+    the worst-served regions and never picks the same point twice. If the sample has no row
+    left at a positive distance, the remaining clusters keep their old centroids.
+    Returns ``(centroids, number re-seeded)``.
     """
     counts = stats.counts
     new = previous.astype(np.float32).copy()
     full = counts > 0
     new[full] = (stats.sums[full] / scale / counts[full, None]).astype(np.float32)
     empty = np.flatnonzero(~full)
+    reseeded = 0
     if len(empty) and full.any():
-        _, dist = nearest.assign(sample, new[full])
-        order = np.argsort(-dist.astype(np.float64), kind="stable")
-        for j, row in zip(empty, order):
-            new[j] = sample[row]
-    return new, len(empty)
+        x = np.asarray(sample, np.float32)
+        dist = nearest.assign(x, new[full])[1].astype(np.float64)
+        for j in empty:
+            row = int(np.argmax(dist))
+            if dist[row] <= 0:
+                break
+            new[j] = x[row]
+            reseeded += 1
+            dist = np.minimum(dist, ((x - x[row]) ** 2).sum(1, dtype=np.float64))
+    return new, reseeded
 
 
 def save_codebook(directory: str, fitted: Fitted, spec: Dict[str, Any], name: str = "codebook") -> str:

@@ -164,6 +164,14 @@ class LiveASR:
         """The stream ended and its last chunk was stepped."""
         return bool(state["done"])
 
+    def position(self, state: State) -> int:
+        """Input units (mel frames) made available so far."""
+        return int(state["frames"])
+
+    def consumed(self, state: State) -> int:
+        """Input units (mel frames) stepped so far."""
+        return int(state["frames"]) - state["mel"].shape[1]
+
     def step_batch(self, states: Sequence[State]) -> List[Tuple[Optional[AsrDelta], State]]:
         """One batched operator step for streams that are all ``ready``.
 

@@ -78,6 +78,14 @@ class LiveVideo:
     def finished(self, state: State) -> bool:
         return bool(state["done"])
 
+    def position(self, state: State) -> int:
+        """Frames received so far."""
+        return int(state["index"]) + len(state["queue"])
+
+    def consumed(self, state: State) -> int:
+        """Frames stepped so far."""
+        return int(state["index"])
+
     def step_batch(self, states: Sequence[State]) -> List[Tuple[Optional[dict], State]]:
         """Steps one queued frame of each stream; ``(prediction or None, state)`` per stream."""
         results = []

@@ -55,7 +55,8 @@ def decode_first_channel(data: bytes | str, sample_rate: int = SAMPLE_RATE,
         options: Dict[str, Any] = {"format": "f32le", "acodec": "pcm_f32le", "ac": 1, "ar": sample_rate}
         if max_seconds is not None:
             options["t"] = max_seconds
-        stream = ffmpeg_input(url)["a:0"].filter("channelmap", map="0", channel_layout="mono").output("pipe:", **options)
+        first = ffmpeg_input(url)["a:0"].filter("channelmap", map="0", channel_layout="mono")
+        stream = first.output("pipe:", **options)
         proc = run_ffmpeg(ffmpeg_args(stream, None, stdin is not None), stdin)
     if proc.returncode != 0:
         raise MediaError(ffmpeg_error(proc.stderr, "audio"))

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from operators.continual import (
     CausalSqueezeExcitation,
-    CoBatchNorm,
     CoModule,
     CoParallel,
     CoPerFrame,

@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from operators.registry import DEFAULT_TOKENIZER_FOR_MODALITY, TOKENIZERS, build_tokenizer, tokenizer_modality
 from pipelines.common import ConfigError, create_pipeline, expand_inputs, parse_job_args
-from pipelines.operability import ProgressMonitor, manifest_progress, run_pipeline, stage_throughput
+from pipelines.operability import ProgressMonitor, output_progress, run_pipeline, stage_throughput
 from pipelines.report import write_report
 from transforms.errors import DEAD_LETTER_TAG
 from transforms.progress import CountDeadLetters, CountStage, member_bytes
@@ -134,7 +134,7 @@ Retry = Dict[str, Tuple[int, Set[str]]]
 def build_graph(
     pipeline: beam.Pipeline, sources: Sequence[str], args: argparse.Namespace,
     handlers: Dict[str, TokenizerModelHandler], retry: Optional[Retry] = None,
-    origin_s: Optional[float] = None,
+    origin_s: Optional[float] = None, progress_dir: Optional[str] = None,
 ) -> Dict[str, beam.PCollection]:
     """Adds the corpus job to ``pipeline``; returns rows, dead letters and manifests.
 
@@ -144,18 +144,25 @@ def build_graph(
             its dead letters). Only those keys are re-read and tokenized; the shard's kept rows
             are loaded from the output and the shard is written again with both.
         origin_s: Epoch seconds the run started (for the per-stage throughput metrics).
+        progress_dir: Folder for live progress files (see ``transforms.progress``).
     """
     origin = time.time() if origin_s is None else origin_s
+    flush_s = min(5.0, args.progress_interval / 2)
+
+    def counter(stage: str, **kwargs) -> beam.ParDo:
+        return beam.ParDo(CountStage(stage, origin, progress_dir=progress_dir, flush_every_s=flush_s, **kwargs))
+
     reader_kwargs = {"max_member_bytes": int(args.max_member_mb * 2**20)}
     samples, dead, stats, kept_rows = [], [], [], []
     if sources:
         read = pipeline | "ReadMediaShards" >> ReadMediaShards(list(sources), **reader_kwargs)
         samples.append(read.samples)
         dead.append(read[DEAD_LETTER_TAG])
-        stats.append(read.shard_stats)
+        stats.append(read.shard_stats | "CountShardsRead" >> counter("ShardsRead"))
     if retry:
         keep = KeepKeys({source: keys for source, (_, keys) in retry.items()})
         again = pipeline | "ReadRetriedShards" >> ReadMediaShards(sorted(retry), **reader_kwargs)
+        again.shard_stats | "CountRetriedShardsRead" >> counter("ShardsRead")  # progress only
         samples.append(again.samples | "KeepRetriedSamples" >> beam.ParDo(keep))
         dead.append(again[DEAD_LETTER_TAG] | "KeepRetriedDeadLetters" >> beam.ParDo(keep))
         stats.append(
@@ -169,10 +176,10 @@ def build_graph(
         )
     counted = (
         samples | "AllSamples" >> beam.Flatten()
-        | "CountRead" >> beam.ParDo(CountStage("Read", origin, size_fn=member_bytes))
+        | "CountRead" >> counter("Read", size_fn=member_bytes)
     )
     tokenized = counted | "TokenizeSamples" >> TokenizeSamples(handlers)
-    new_rows = tokenized["rows"] | "CountTokenize" >> beam.ParDo(CountStage("Tokenize", origin))
+    new_rows = tokenized["rows"] | "CountTokenize" >> counter("Tokenize")
     rows = [new_rows, *kept_rows] | "AllRows" >> beam.Flatten()
     dead_letters = (
         [*dead, tokenized[DEAD_LETTER_TAG]] | "AllDeadLetters" >> beam.Flatten()
@@ -181,7 +188,7 @@ def build_graph(
     manifests = (
         {"rows": rows, DEAD_LETTER_TAG: dead_letters, "stats": stats | "AllShardStats" >> beam.Flatten()}
         | "WriteCorpusShards" >> WriteCorpusShards(args.output, args.rows_per_shard, _csv(args.format))
-        | "CountWrite" >> beam.ParDo(CountStage("Write", origin))
+        | "CountWrite" >> counter("Write")
     )
     return {"rows": rows, DEAD_LETTER_TAG: dead_letters, "manifests": manifests}
 
@@ -221,6 +228,11 @@ def summarize(manifests: List[Dict[str, Any]], wall_s: float) -> Dict[str, Any]:
     return total
 
 
+def _remove_tree(directory: str) -> None:
+    if FileSystems.exists(directory):
+        FileSystems.delete([directory])
+
+
 def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipeline] = None) -> Dict[str, Any]:
     """Runs the job and returns (and writes ``summary.json``) the run summary; also writes
     ``report.json`` / ``report.html`` unless ``--no-report``."""
@@ -231,13 +243,14 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipel
     start, wall_start = time.perf_counter(), time.time()
     metrics: Dict[str, Any] = {"counters": {}, "distributions": {}}
     if todo or retry:
+        progress_dir = FileSystems.join(args.output, "_progress")
+        _remove_tree(progress_dir)
         pipeline = create_pipeline(options, test_pipeline)
-        build_graph(pipeline, todo, args, handlers, retry=retry, origin_s=wall_start)
+        build_graph(pipeline, todo, args, handlers, retry=retry, origin_s=wall_start, progress_dir=progress_dir)
         running = [*todo, *retry]
-        monitor = ProgressMonitor(
-            len(running), manifest_progress(args.output, running, since_s=wall_start - 1), args.progress_interval
-        )
-        metrics = run_pipeline(pipeline, monitor)
+        done = output_progress(args.output, running, wall_start - 1, progress_dir)
+        metrics = run_pipeline(pipeline, ProgressMonitor(len(running), done, args.progress_interval))
+        _remove_tree(progress_dir)
     wall = time.perf_counter() - start
     done_now = set(todo) | set(retry)
     manifests = [m for m in read_manifests(args.output) if m["source"] in done_now]

@@ -6,6 +6,7 @@ import os
 from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 
@@ -64,7 +65,16 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
     for pattern in patterns:
         matches: List[str] = []
         for expanded in expand_braces(pattern):
-            if any(ch in expanded for ch in "*?["):
+            if "://" in expanded:  # gs://, s3://, hdfs://: Beam's file systems list them
+                try:
+                    listed = FileSystems.match([expanded])
+                except (IOError, ValueError) as err:
+                    raise ConfigError(
+                        f"--input {expanded!r} cannot be listed ({str(err)[:300]}); check the URL, "
+                        "credentials and that the file system's extra is installed (apache-beam[gcp])"
+                    )
+                matches.extend(sorted(m.path for r in listed for m in r.metadata_list))
+            elif any(ch in expanded for ch in "*?["):
                 matches.extend(sorted(glob.glob(expanded)))
             elif os.path.exists(expanded):
                 matches.append(expanded)
@@ -73,7 +83,7 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
                 f"--input {pattern!r} matches no file or folder; check the path "
                 "(brace ranges look like shard-{000000..000009}.tar)"
             )
-        unreadable = [m for m in matches if not os.access(m, os.R_OK)]
+        unreadable = [m for m in matches if "://" not in m and not os.access(m, os.R_OK)]
         if unreadable:
             raise ConfigError(f"--input {unreadable[0]!r} is not readable; fix its permissions")
         found.extend(matches)

@@ -206,8 +206,8 @@ def build(p: beam.Pipeline, args: argparse.Namespace, sources: Sequence[str]):
         rows = read.samples | STAGE >> beam.ParDo(
             AudioRows(encoder_args, group, args.max_seconds)).with_outputs(DEAD_LETTER_TAG, main="rows")
         pairs = rows.rows
-        semantic = (pairs | "SemanticFeatures" >> beam.Map(_features)
-                    | "FitSemantic" >> FitCodebook(args.codebook_size, feature_spec={"rate": args.rate}, **common))
+        semantic = (pairs | "SemanticFeatures" >> beam.Map(_features) | "FitSemantic"
+                    >> FitCodebook(args.codebook_size, feature_spec={"rate": args.rate}, **common))
         table = pairs | "SemanticDecoder" >> CentroidMeans(semantic)
         residual = pairs | "Residual0" >> beam.Map(
             _residual_pairs, beam.pvalue.AsSingleton(semantic), beam.pvalue.AsSingleton(table))
@@ -247,7 +247,8 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipel
     result = p.run()
     result.wait_until_finish()
     dead_rows = []
-    for name in sorted(n for n in os.listdir(dead_dir) if n.endswith(".jsonl")) if os.path.isdir(dead_dir) else []:
+    parts = sorted(n for n in os.listdir(dead_dir) if n.endswith(".jsonl")) if os.path.isdir(dead_dir) else []
+    for name in parts:
         dead_rows += [json.loads(line) for line in open(os.path.join(dead_dir, name)) if line.strip()]
     model_info = json.load(open(os.path.join(args.output, "model.json")))
     summary = {"output": args.output, "modality": args.modality, "wall_s": round(time.time() - start, 2),

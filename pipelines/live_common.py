@@ -29,8 +29,10 @@ def add_live_flags(parser: argparse.ArgumentParser) -> None:
     streams.add_argument("--num-shards", type=int, default=1, help="stream shards (parallelism when distributed)")
     streams.add_argument("--max-batch", type=int, default=64, help="most streams in one batched model step")
     bounded = parser.add_argument_group("bounded runs")
-    bounded.add_argument("--max-idle-seconds", type=float, default=0.0, help="stop after this long without a frame")
-    bounded.add_argument("--stop-after", type=float, default=0.0, help="stop after this many seconds")
+    bounded.add_argument("--max-idle-seconds", type=float, default=0.0,
+                         help="stop after this long without a frame (then drain for --idle-timeout)")
+    bounded.add_argument("--stop-after", type=float, default=0.0,
+                         help="stop after this many seconds (then drain for --idle-timeout)")
 
 
 def check_live_flags(args: argparse.Namespace) -> None:
@@ -52,7 +54,9 @@ def check_live_flags(args: argparse.Namespace) -> None:
 
 def source_spec(args: argparse.Namespace) -> SourceSpec:
     kind, address = ("tail", os.path.abspath(args.tail)) if args.tail else ("tcp", f"{args.host}:{args.port}")
-    return SourceSpec(kind, address, args.max_frame_bytes, args.max_idle_seconds, args.stop_after)
+    # Bounded runs drain past the idle timeout, so open streams are finalised before the end.
+    return SourceSpec(kind, address, args.max_frame_bytes, args.max_idle_seconds, args.stop_after,
+                      drain_seconds=args.idle_timeout + 0.5)
 
 
 def run_live(args: argparse.Namespace, options: PipelineOptions, engine_factory: Callable[[], Any], model: str,
@@ -64,14 +68,13 @@ def run_live(args: argparse.Namespace, options: PipelineOptions, engine_factory:
     results = frames["chunks"] | "LiveStreams" >> LiveStreams(
         engine_factory, model, num_shards=args.num_shards, idle_seconds=args.idle_timeout,
         max_pending=args.max_pending, max_payload_bytes=args.max_frame_bytes, max_batch=args.max_batch)
-    errors = (
-        (frames[DEAD_LETTER_TAG], results[DEAD_LETTER_TAG])
-        | "MergeDeadLetters" >> beam.Flatten()
-        | "ErrorEvents" >> beam.Map(error_event)
-    )
-    _ = (
-        (results["events"], errors)
-        | "MergeEvents" >> beam.Flatten()
-        | "WriteEvents" >> WriteLiveEvents(args.output, args.reply)
-    )
+    # Two sink branches instead of a Flatten: the FnApiRunner runs a stage after a Flatten only
+    # once the unbounded source has finished, which would hold every event until the end.
+    for label, dead in (("Source", frames[DEAD_LETTER_TAG]), ("Streams", results[DEAD_LETTER_TAG])):
+        _ = (
+            dead
+            | f"{label}ErrorEvents" >> beam.Map(error_event)
+            | f"Write{label}ErrorEvents" >> WriteLiveEvents(args.output, args.reply)
+        )
+    _ = results["events"] | "WriteEvents" >> WriteLiveEvents(args.output, args.reply)
     pipeline.run().wait_until_finish()

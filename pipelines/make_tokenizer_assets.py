@@ -14,6 +14,7 @@ Usage::
 import argparse
 import io
 import os
+import shutil
 import tempfile
 from typing import Any, Dict, Optional, Sequence
 
@@ -103,14 +104,9 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "--acoustic-stages", "2", "--output", os.path.join(args.output, "semantic_audio")])
         image = fit_tokenizer.run(common + [
             "--modality", "image", "--codebook-size", "256", "--output", os.path.join(args.output, "dual_image")])
-    for folder in ("semantic_audio", "dual_image"):
-        for name in ("summary.json",):
-            path = os.path.join(args.output, folder, name)
-            if os.path.exists(path):
-                os.remove(path)
-        dead = os.path.join(args.output, folder, "dead_letters")
-        for name in os.listdir(dead) if os.path.isdir(dead) else []:
-            os.remove(os.path.join(dead, name))
-        if os.path.isdir(dead):
-            os.rmdir(dead)
+    for folder in ("semantic_audio", "dual_image"):  # keep only the model files in the package
+        shutil.rmtree(os.path.join(args.output, folder, "dead_letters"), ignore_errors=True)
+        summary = os.path.join(args.output, folder, "summary.json")
+        if os.path.exists(summary):
+            os.remove(summary)
     return {"audio": audio, "image": image}

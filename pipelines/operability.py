@@ -1,10 +1,12 @@
 """Running a job where people can watch it: progress lines, metrics, per-stage throughput.
 
-Any batch job that marks finished input shards with manifests (``_manifests/<stem>.json``
-with a ``records`` count, see ``transforms.write_shards``) gets launcher-side progress from
-:class:`ProgressMonitor` + :func:`manifest_progress`: shards and samples done of the total,
-rate and ETA, on every runner whose output the launcher can list (local disk, GCS, S3),
-because it watches the output instead of asking the runner. :func:`run_pipeline` runs a
+Launcher-side progress (shards and samples done of the total, rate, ETA) comes from
+:class:`ProgressMonitor` with a ``done_fn`` that watches the output instead of asking the
+runner, so it works on every runner whose output the launcher can list (local disk, GCS,
+S3): :func:`manifest_progress` counts finished shards (``_manifests/<stem>.json`` with a
+``records`` count, see ``transforms.write_shards``), and :func:`output_progress` adds the
+live counts that ``transforms.progress.CountStage`` steps write while shards are still
+being processed (a batch writer only runs after a shuffle barrier). :func:`run_pipeline` runs a
 pipeline under a monitor and returns its Beam metrics as plain dicts; :func:`stage_throughput`
 turns the ``transforms.progress.CountStage`` metrics into elements per second per stage.
 """
@@ -20,6 +22,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.progress import NAMESPACE as PROGRESS_NAMESPACE
+from transforms.progress import read_progress
 from transforms.write_shards import manifest_path
 
 DoneFn = Callable[[], Tuple[int, int]]
@@ -39,6 +42,23 @@ def manifest_progress(output_dir: str, sources: Sequence[str], since_s: float) -
                     with FileSystems.open(meta.path) as f:
                         seen[meta.path] = int(json.loads(f.read())["records"])
         return len(seen), sum(seen.values())
+
+    return done
+
+
+def output_progress(
+    output_dir: str, sources: Sequence[str], since_s: float, progress_dir: str,
+    unit_stage: str = "ShardsRead", sample_stage: str = "Read",
+) -> DoneFn:
+    """Like :func:`manifest_progress`, but also counts work not yet written: shards read and
+    samples read so far from the live ``CountStage`` progress files in ``progress_dir``
+    (the larger of the two figures wins)."""
+    manifests = manifest_progress(output_dir, sources, since_s)
+
+    def done() -> Tuple[int, int]:
+        shards, samples = manifests()
+        live = read_progress(progress_dir)
+        return max(shards, min(live.get(unit_stage, 0), len(sources))), max(samples, live.get(sample_stage, 0))
 
     return done
 
@@ -154,7 +174,8 @@ def stage_throughput(metrics: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, 
                 "bytes": metrics["counters"].get(f"{PROGRESS_NAMESPACE}/{stage}.bytes", 0),
             }
         elif metric.endswith("inference_batch_latency_micro_secs"):
-            inferences = metrics["counters"].get(f"{namespace}/{metric.replace('inference_batch_latency_micro_secs', 'num_inferences')}", 0)
+            prefix = metric[: -len("inference_batch_latency_micro_secs")]
+            inferences = metrics["counters"].get(f"{namespace}/{prefix}num_inferences", 0)
             busy_s = max(dist["sum"] / 1e6, 1e-6)
             out[f"{namespace} (busy)"] = {
                 "elements": inferences, "busy_s": round(busy_s, 3), "per_s": round(inferences / busy_s, 2),

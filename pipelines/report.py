@@ -94,6 +94,12 @@ def _png(fig) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _stairs(ax, label: str, distribution: Dict[str, Any]) -> None:
+    histogram = distribution["histogram"]
+    ax.stairs(histogram["counts"], histogram["edges"], fill=True, alpha=0.6,
+              label=f"{label} (n={distribution['count']})")
+
+
 def _plots(stats: Dict[str, Any]) -> Dict[str, Optional[str]]:
     import matplotlib
 
@@ -103,7 +109,7 @@ def _plots(stats: Dict[str, Any]) -> Dict[str, Optional[str]]:
     plots: Dict[str, Optional[str]] = {}
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for m, d in stats["tokens_per_sample"].items():
-        ax.stairs(d["histogram"]["counts"], d["histogram"]["edges"], fill=True, alpha=0.6, label=f"{m} (n={d['count']})")
+        _stairs(ax, m, d)
     ax.set(xlabel="tokens per sample", ylabel="samples", title="Tokens per sample")
     if stats["tokens_per_sample"]:
         ax.legend()
@@ -111,7 +117,7 @@ def _plots(stats: Dict[str, Any]) -> Dict[str, Optional[str]]:
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for m, d in stats["source_bitrate_kbps"].items():
-        ax.stairs(d["histogram"]["counts"], d["histogram"]["edges"], fill=True, alpha=0.6, label=f"{m} (n={d['count']})")
+        _stairs(ax, m, d)
     ax.set(xlabel="source bitrate (kb/s)", ylabel="samples", title="Bitrate of audio/video members")
     if stats["source_bitrate_kbps"]:
         ax.legend()
@@ -139,9 +145,15 @@ def _table(rows: List[List[Any]], header: List[str]) -> str:
 
 
 def render_html(stats: Dict[str, Any]) -> str:
-    """The report page: summary table, four plots, top dead-letter messages."""
+    """The report page: summary table, four plots, stage throughput, top dead-letter messages."""
     run = stats["run"]
-    summary_rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in run.items()]
+    summary_rows = [
+        [k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in run.items() if k != "stage_throughput"
+    ]
+    throughput_rows = [
+        [stage, t["elements"], t["per_s"], t.get("busy_s", t.get("last_s"))]
+        for stage, t in stats["stage_throughput"].items()
+    ]
     plots = _plots(stats)
     figures = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{data}"></figure>' for name, data in plots.items()
@@ -156,6 +168,8 @@ def render_html(stats: Dict[str, Any]) -> str:
         f"{stats['corpus_rows']} corpus rows, {stats['dead_letter_rows']} dead letters.</p>"
         f"<h2>This run</h2>{_table(summary_rows, ['field', 'value'])}"
         f"<h2>Plots</h2>{figures}"
+        f"<h2>Throughput per stage</h2>"
+        f"{_table(throughput_rows, ['stage', 'elements', 'per second', 'seconds (until last / busy)'])}"
         f"<h2>Top dead-letter messages</h2>{_table(top, ['count', 'stage', 'error type', 'message'])}"
         "</body></html>"
     )

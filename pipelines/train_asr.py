@@ -14,6 +14,7 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import random
 import subprocess
 import time
@@ -65,7 +66,7 @@ def synthesize(text: str, voice: str, rate: int, pitch: int, gap: int) -> np.nda
 
 def _utterance(seed: int, variants: Sequence[str]) -> Tuple[np.ndarray, str, str]:
     rng = random.Random(seed)
-    words = [rng.choice(VOCABULARY) for _ in range(rng.randint(1, 5))]
+    words = [rng.choice(VOCABULARY) for _ in range(rng.randint(1, 4))]
     text = " ".join(words)
     voice = f"{rng.choice(ACCENTS)}+{rng.choice(variants)}"
     audio = synthesize(text, voice, rng.randint(120, 210), rng.randint(25, 75), rng.randint(0, 8))
@@ -92,6 +93,22 @@ def generate(count: int, variants: Sequence[str], seed: int, workers: int) -> Li
     jobs = [(seed * 1_000_003 + i, tuple(variants)) for i in range(count)]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         return pool.map(_utterance_job, jobs, chunksize=64)
+
+
+def _cached(cache_dir: Optional[str], name: str, make):
+    """Returns ``make()``, stored as ``<cache_dir>/<name>.pkl`` so reruns skip the synthesis."""
+    if not cache_dir:
+        return make()
+    path = os.path.join(cache_dir, f"{name}.pkl")
+    if os.path.exists(path):
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    data = make()
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path + ".tmp", "wb") as handle:
+        pickle.dump(data, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(path + ".tmp", path)
+    return data
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> bytes:
@@ -136,6 +153,19 @@ def _spec_augment(features: torch.Tensor, lengths: torch.Tensor, rng: random.Ran
     return features
 
 
+def init_weights(model: FastConformerASR) -> None:
+    """He initialisation of the subsampling convs (ReLU) with zero biases.
+
+    PyTorch's default init shrinks the signal through the three ReLU conv stages so much that the
+    encoder output barely depends on the input and CTC training stalls at the blank plateau.
+    """
+    with torch.no_grad():
+        for module in model.encoder.pre_encode.conv:
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                torch.nn.init.zeros_(module.bias)
+
+
 def train(
     model: FastConformerASR,
     features: List[torch.Tensor],
@@ -167,7 +197,9 @@ def train(
             elapsed = (time.time() - begin) / budget
             if elapsed >= 1.0:
                 break
-            lr = 2e-3 * min(1.0, (step + 1) / 300) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * elapsed)))
+            # Warm-up, hold, then cosine decay over the last 40 % of the time budget.
+            decay = max(0.0, (elapsed - 0.6) / 0.4)
+            lr = 2e-3 * min(1.0, (step + 1) / 200) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * decay)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             lengths = torch.tensor([features[i].shape[1] for i in batch])
@@ -217,6 +249,8 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch-frames", type=int, default=12000, help="mel frames per batch (padded)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", default=None, help="keep the synthesised audio here between runs")
+    parser.add_argument("--subsampling-channels", type=int, default=32)
     parser.add_argument("--report", default=None, help="optional JSON report path")
     args = parser.parse_args(argv)
     if subprocess.run(["which", "espeak-ng"], capture_output=True).returncode != 0:
@@ -224,19 +258,22 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     began = time.time()
-    train_set = generate(args.num_train, TRAIN_VARIANTS, args.seed, args.workers)
-    test_set = generate(args.num_test, HELD_OUT_VARIANTS, args.seed + 1, args.workers)
+    train_set = _cached(args.cache_dir, f"train-{args.num_train}-{args.seed}",
+                        lambda: generate(args.num_train, TRAIN_VARIANTS, args.seed, args.workers))
+    test_set = _cached(args.cache_dir, f"test-{args.num_test}-{args.seed}",
+                       lambda: generate(args.num_test, HELD_OUT_VARIANTS, args.seed + 1, args.workers))
     print(f"synthesised {len(train_set)} train / {len(test_set)} held-out utterances in {time.time() - began:.0f}s")
-    tokenizer_bytes = train_tokenizer([" ".join(VOCABULARY)] * 4 + [text for _, text, _ in train_set], 48)
+    tokenizer_bytes = train_tokenizer([" ".join(VOCABULARY)] * 4 + [text for _, text, _ in train_set], 64)
     vocabulary = SentencePieceVocabulary(tokenizer_bytes)
     config = ModelConfig(
         encoder=EncoderConfig(
-            n_layers=args.layers, d_model=args.d_model, n_heads=4, subsampling_conv_channels=64,
+            n_layers=args.layers, d_model=args.d_model, n_heads=4, subsampling_conv_channels=args.subsampling_channels,
             att_context_size=CONTEXTS,
         ),
         vocab_size=vocabulary.size,
     )
     model = FastConformerASR(config)
+    init_weights(model)
     operator = StreamingASR(model, vocabulary)
     features = []
     for start in range(0, len(train_set), 256):

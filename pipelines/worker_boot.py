@@ -11,7 +11,8 @@ cluster with ``--environment_type=PROCESS``, or Beam's worker pool with
 
 It takes the boot flags (``--id --provision_endpoint --artifact_endpoint --control_endpoint
 --logging_endpoint``), asks the provision service for the pipeline options and the staged
-artifacts, writes them to ``$MEDIABEAM_BOOT_DIR/<id>/staged`` (default: a temp dir), installs
+artifacts, writes them to ``$MEDIABEAM_BOOT_DIR/<id>/staged`` (default: ``--semi_persist_dir``
+or a temp dir), installs
 the staged packages with ``pip install --no-deps --target .../site`` (the worker's Python
 already has the dependencies; nothing is downloaded), and runs
 ``apache_beam.runners.worker.sdk_worker_main`` with ``site`` first on ``PYTHONPATH``, so the
@@ -42,6 +43,7 @@ PACKAGE_SUFFIXES = (".tar.gz", ".zip", ".whl")
 
 
 def parse_flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """The flags every Beam boot program takes (unknown ones are ignored, as Beam's boot does)."""
     parser = argparse.ArgumentParser(description="SDK worker boot (installs the staged job)")
     for flag in ("id", "provision_endpoint", "artifact_endpoint", "control_endpoint", "logging_endpoint"):
         parser.add_argument(f"--{flag}", required=flag in ("id", "provision_endpoint"))
@@ -85,16 +87,22 @@ def install(paths: Sequence[str], site: str, log) -> None:
         )
 
 
+def _descriptor(url: str) -> str:
+    return text_format.MessageToString(endpoints_pb2.ApiServiceDescriptor(url=url))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Boots one SDK worker: fetch and install the staged job, then run the SDK harness."""
     args = parse_flags(argv)
-    root = os.environ.get("MEDIABEAM_BOOT_DIR") or tempfile.mkdtemp(prefix="mediabeam-boot-")
+    root = os.environ.get("MEDIABEAM_BOOT_DIR") or args.semi_persist_dir or tempfile.mkdtemp(prefix="mediabeam-boot-")
     work = os.path.join(root, args.id)
     staged, site = os.path.join(work, "staged"), os.path.join(work, "site")
     os.makedirs(staged, exist_ok=True)
     with open(os.path.join(work, "boot.log"), "ab") as log:
         channel = grpc.insecure_channel(args.provision_endpoint)
         stub = beam_provision_api_pb2_grpc.ProvisionServiceStub(channel)
-        info = stub.GetProvisionInfo(beam_provision_api_pb2.GetProvisionInfoRequest(), metadata=[("worker_id", args.id)]).info
+        request = beam_provision_api_pb2.GetProvisionInfoRequest()
+        info = stub.GetProvisionInfo(request, metadata=[("worker_id", args.id)]).info
         channel.close()
         paths = fetch_artifacts(info, args.artifact_endpoint or info.artifact_endpoint.url, staged)
         log.write(f"staged: {[os.path.basename(p) for p in paths]}\n".encode())
@@ -107,8 +115,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         env.update({
             "WORKER_ID": args.id,
             "PIPELINE_OPTIONS": json.dumps(json_format.MessageToDict(info.pipeline_options)),
-            "CONTROL_API_SERVICE_DESCRIPTOR": text_format.MessageToString(endpoints_pb2.ApiServiceDescriptor(url=control)),
-            "LOGGING_API_SERVICE_DESCRIPTOR": text_format.MessageToString(endpoints_pb2.ApiServiceDescriptor(url=logging_url)),
+            "CONTROL_API_SERVICE_DESCRIPTOR": _descriptor(control),
+            "LOGGING_API_SERVICE_DESCRIPTOR": _descriptor(logging_url),
             "SEMI_PERSISTENT_DIRECTORY": work,
             "RUNNER_CAPABILITIES": " ".join(info.runner_capabilities),
         })

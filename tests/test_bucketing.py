@@ -47,14 +47,16 @@ def test_geometric_boundaries_grow_by_ratio_and_cover_range():
         geometric_boundaries(10, 5)
 
 
-def test_cut_sorted_keeps_every_item_and_caps_padded_size():
+@pytest.mark.parametrize("max_padding", [1.0, 0.1])
+def test_cut_sorted_keeps_every_item_and_caps_padded_size(max_padding):
     lengths = sorted(_lengths(200) + [CAP * 2])  # one item longer than the cap
     pairs = [(n, i) for i, n in enumerate(lengths)]
-    batches = cut_sorted(pairs, CAP, max_batch_size=16)
+    batches = cut_sorted(pairs, CAP, max_batch_size=16, max_padding=max_padding)
     assert sorted(i for b in batches for _, i in b) == list(range(len(lengths)))
     for batch in batches:
+        real, padded = padding_stats([n for n, _ in batch])
         assert len(batch) <= 16
-        assert len(batch) == 1 or len(batch) * max(n for n, _ in batch) <= CAP
+        assert len(batch) == 1 or (padded <= CAP and real >= (1 - max_padding) * padded)
 
 
 def _run_batching(items, bucketed: bool):

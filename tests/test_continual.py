@@ -229,7 +229,12 @@ def test_state_batch_mismatch_raises():
 
 def test_state_numpy_round_trip_continues_the_stream():
     torch.manual_seed(8)
-    net = nn.Sequential(nn.Conv3d(3, 4, (3, 3, 3), padding=(1, 1, 1)), nn.MaxPool3d((2, 1, 1), stride=1)).eval()
+    net = nn.Sequential(
+        nn.Conv3d(3, 4, (3, 3, 3), padding=(1, 1, 1)),
+        Parallel([nn.Identity(), nn.Conv3d(4, 4, (3, 1, 1), padding=(1, 0, 0))]),  # identity gets a CoDelay
+        nn.MaxPool3d((2, 1, 1), stride=1),
+        CausalSqueezeExcitation(nn.Sequential(nn.Conv3d(4, 4, 1), nn.Sigmoid()), window=3),
+    ).eval()
     co = from_module(net)
     stream = _stream(frames=10)
     with torch.no_grad():

@@ -55,8 +55,7 @@ def _equals(value):
 def numpy_lloyd(x, k, iterations, sample_size, seed):
     """Plain numpy k-means from the same seeded sample and k-means++ start (float64 means)."""
     h = cb.row_hashes(x, seed)
-    order = np.lexsort((np.arange(len(x)), h))[:sample_size]
-    picked = sorted((int(h[i]), x[i].tobytes()) for i in order)
+    picked = sorted({(int(h[i]), x[i].tobytes()) for i in range(len(x))})[:sample_size]
     sample = np.stack([np.frombuffer(b, np.float32) for _, b in picked])
     c = cb.kmeans_plus_plus(sample, k, seed).astype(np.float64)
     for _ in range(iterations):
@@ -81,10 +80,9 @@ def test_fit_matches_numpy_lloyd_and_saves(tmp_path):
 
 def test_fit_is_deterministic_across_runs_and_batchings():
     x = _data(seed=3)
-    a = _fit([x[i:i + 100] for i in range(0, 3000, 100)], 8)
-    b = _fit([x[i:i + 1000] for i in range(0, 3000, 1000)][::-1], 8)
-    c = _fit([x[i:i + 100] for i in range(0, 3000, 100)], 8)
-    assert a.codebook.tobytes() == b.codebook.tobytes() == c.codebook.tobytes()
+    a = _fit([x[i:i + 100] for i in range(0, 3000, 100)], 8, iterations=2)
+    b = _fit([x[i:i + 1000] for i in range(0, 3000, 1000)][::-1], 8, iterations=2)
+    assert a.codebook.tobytes() == b.codebook.tobytes()
     assert a.inertia == b.inertia
 
 
@@ -98,14 +96,15 @@ def test_empty_clusters_are_reseeded_to_farthest_sample_rows():
     assert reseeded == 2
     np.testing.assert_allclose(new[0], sample.mean(0), atol=1e-5)
     np.testing.assert_array_equal(new[1], sample[2])  # farthest from the surviving centroid
-    np.testing.assert_array_equal(new[2], sample[3])
+    np.testing.assert_array_equal(new[2], sample[0])  # next farthest
 
 
 def test_fit_reseeds_when_duplicates_leave_clusters_empty():
     x = np.repeat(np.array([[0, 0], [5, 5], [9, 0]], np.float32), 200, axis=0)
     x[:5] += np.float32(0.01)
     fitted = _fit([x], 5, iterations=3, sample_size=100)
-    assert (fitted.counts > 0).sum() >= 3 and fitted.rows == 600
+    assert (fitted.counts > 0).sum() == 4 and fitted.rows == 600  # 3 points + the perturbed copies
+    assert fitted.reseeded >= 1
 
 
 def test_centroid_means_are_payload_means_per_cluster():
@@ -169,13 +168,15 @@ def test_fit_tokenizer_audio_model_tokenizes_and_reports_dead_letters(media, tmp
     model = sat.load_model(out)
     assert model.group == 2 and model.codebook_sizes() == (16, 8, 8)
     assert model.semantic_decoder.shape == (16, 512)
-    tokens = sat.SemanticAudioTokenizer(model_dir=out).encode(open(os.path.join(media, "clip_0001.wav"), "rb").read())
+    data = open(os.path.join(media, "clip_0001.wav"), "rb").read()
+    tokens = sat.SemanticAudioTokenizer(model_dir=out).encode(data)
     assert tokens.tokens.shape[1] == 3 and tokens.meta["rate"] == 50
 
 
 def test_fit_tokenizer_rejects_bad_flags(media, tmp_path):
     with pytest.raises(ConfigError, match="--modality"):
-        fit_tokenizer.run(["--input", media, "--modality", "video", "--codebook-size", "8", "--output", str(tmp_path)])
+        fit_tokenizer.run(["--input", media, "--modality", "video", "--codebook-size", "8",
+                           "--output", str(tmp_path)])
     with pytest.raises(ConfigError, match="matches no file"):
         fit_tokenizer.run(["--input", str(tmp_path / "nope"), "--modality", "audio", "--codebook-size", "8",
                            "--output", str(tmp_path)])

@@ -47,6 +47,11 @@ def test_ties_go_to_lowest_index():
     assert (idx == 0).all() and np.allclose(dist, 0.0)
 
 
+def test_assign_empty_input():
+    idx, dist = nearest.assign(np.zeros((0, 4), np.float32), np.ones((3, 4), np.float32))
+    assert idx.shape == dist.shape == (0,) and idx.dtype == np.int64
+
+
 def test_assign_rejects_bad_shapes():
     with pytest.raises(ValueError, match="must be"):
         nearest.assign(np.zeros((3, 4), np.float32), np.zeros((2, 5), np.float32))

@@ -171,7 +171,8 @@ def test_plugin_encoders_load_from_local_files(tmp_path):
     torch.save({"weight": torch.from_numpy(weight)}, str(tmp_path / "enc_state.pt"))
     scripted = torch.jit.script(torch.nn.Linear(256, 16))
     scripted.save(str(tmp_path / "enc_ts.pt"))
-    np.testing.assert_allclose(load_patch_encoder(str(tmp_path / "enc.safetensors"))(x), x @ weight.T + bias, atol=1e-4)
+    np.testing.assert_allclose(load_patch_encoder(str(tmp_path / "enc.safetensors"))(x), x @ weight.T + bias,
+                               atol=1e-4)
     np.testing.assert_allclose(load_patch_encoder(str(tmp_path / "enc_state.pt"))(x), x @ weight.T, atol=1e-4)
     with torch.no_grad():
         expected = scripted(torch.from_numpy(x)).numpy()

@@ -13,7 +13,6 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
-from apache_beam.utils.timestamp import Timestamp
 
 from operators.live_asr import random_live_asr
 from schemas.live import (
@@ -174,7 +173,7 @@ def test_pipeline_interleaved_reordered_duplicated_equals_offline(engine):
     def check_events(events):
         for sid, want in expected.items():
             got = [t for e in events if e.stream_id == sid and e.event in ("partial", "final")
-                   for t in e.fields["tokens"]]
+                   for t in e.fields.get("tokens", [])]
             assert got == want, sid
             finals = [e for e in events if e.stream_id == sid and e.event == "final"]
             assert len(finals) == 1 and finals[0].fields["reason"] == "eos"
@@ -231,10 +230,10 @@ def test_idle_expiry_checks_last_seen_time(engine):
     events = _call(fn, cells, [chunk])
     streams, closed, timer = cells
     now[0] = 105.0  # an early firing (the in-process runner fires after every bundle)
-    assert list(fn.expire(streams=streams, closed=closed, expiry=timer, fired=Timestamp(105))) == []
+    assert list(fn.expire(streams=streams, closed=closed, expiry=timer)) == []
     assert "idle" in streams.read()
     now[0] = 111.0
-    events += list(fn.expire(streams=streams, closed=closed, expiry=timer, fired=Timestamp(111)))
+    events += list(fn.expire(streams=streams, closed=closed, expiry=timer))
     assert events[-1].event == "final" and events[-1].fields["reason"] == "idle"
     assert _tokens(events, "idle") == _offline_tokens(engine, x)
     assert streams.read() is None and "idle" in closed.read()
@@ -267,7 +266,7 @@ def test_tcp_loopback_live_asr_job(tmp_path, engine):
     events_path = tmp_path / "events.jsonl"
     job = threading.Thread(target=live_asr.run, args=([
         "--model", model_path, "--port", str(port), "--output", str(events_path), "--reply",
-        "--max-idle-seconds", "3", "--stop-after", "40",
+        "--max-idle-seconds", "2", "--idle-timeout", "2", "--stop-after", "40",
     ],))
     job.start()
     audio = {"s1": _audio(31, 20000), "s2": _audio(32, 26000)}
@@ -282,14 +281,25 @@ def test_tcp_loopback_live_asr_job(tmp_path, engine):
     clients = [threading.Thread(target=client, args=(sid,)) for sid in audio]
     for c in clients:
         c.start()
-    for c in clients:
-        c.join()
-    job.join(60)
+    idle_audio = _audio(33, 12000)
+    with send.connect("127.0.0.1", port) as raw:  # a stream that never ends: expired when idle
+        for frame in send.audio_frames(_pcm16(idle_audio).astype(np.float32) / 32768, "idle", 0.25):
+            raw.sendall(encode_frame(frame._replace(eos=False)))
+        with send.connect("127.0.0.1", port) as bad:  # garbage on another connection
+            bad.sendall(b"GET / HTTP/1.1\r\n\r\n" + bytes(HEADER.size))
+        for c in clients:
+            c.join()
+        job.join(60)
     assert not job.is_alive()
     lines = [json.loads(line) for line in events_path.read_text().splitlines()]
+    idle = [e for e in lines if e["stream_id"] == "idle"]
+    assert idle[-1]["event"] == "final" and idle[-1]["reason"] == "idle"
+    assert [t for e in idle for t in e.get("tokens", [])] == _offline_tokens(engine, idle_audio)
+    errors = [e for e in lines if e["event"] == "error"]
+    assert len(errors) == 1 and "malformed frame header" in errors[0]["reason"], errors
     for sid, x in audio.items():
         tokens = [t for e in lines if e["stream_id"] == sid and e["event"] in ("partial", "final")
-                  for t in e["tokens"]]
+                  for t in e.get("tokens", [])]
         assert tokens == _offline_tokens(engine, x)
         assert results[sid]["transcript"] == engine.asr.vocabulary.decode(tokens)
         assert [e["event"] for e in lines if e["stream_id"] == sid][-1] == "final"
@@ -303,3 +313,48 @@ def _write_wav(path, x: np.ndarray) -> None:
         handle.setsampwidth(2)
         handle.setframerate(16000)
         handle.writeframes(_pcm16(x).tobytes())
+
+
+def test_live_video_streams_equal_offline_stepper():
+    """CoX3D (tiny) through the same DoFn: per-frame predictions equal stepping each video alone."""
+    import io
+
+    from PIL import Image
+
+    from operators.live_video import live_co_x3d
+
+    factory = functools.partial(live_co_x3d, "tiny", 2, 5, None, 32, 3)
+    rng = np.random.default_rng(3)
+    videos = {sid: rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8) for sid, n in (("v1", 16), ("v2", 13))}
+
+    def png(frame):
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    chunks = [LiveChunk(sid, i, False, PayloadKind.IMAGE, 0, png(f), 0.0, "test")
+              for sid, frames in videos.items() for i, f in enumerate(frames)]
+    chunks += [LiveChunk(sid, len(frames), True, PayloadKind.NONE, 0, b"", 0.0, "test")
+               for sid, frames in videos.items()]
+    chunks.append(LiveChunk("v3", 0, False, PayloadKind.IMAGE, 0, b"not an image", 0.0, "test"))
+    order = rng.permutation(len(chunks))
+    stream = TestStream()
+    for part in np.array_split(order, 3):
+        stream = stream.add_elements([chunks[i] for i in part])
+    stream = stream.advance_watermark_to_infinity()
+    engine = factory()
+    expected = {sid: [(i, np.argsort(-out.ravel())[:3].tolist()) for i, out in engine.stepper.steps(list(frames))]
+                for sid, frames in videos.items()}
+
+    def check(events):
+        for sid, want in expected.items():
+            got = [(e.fields["frame_index"], e.fields["top_classes"]) for e in events
+                   if e.stream_id == sid and e.event == "prediction"]
+            assert got == want and want, sid
+            assert [e.event for e in events if e.stream_id == sid].count("final") == 1
+
+    with TestPipeline(options=_streaming_options()) as p:
+        out = p | stream | LiveStreams(factory, "co_x3d_tiny", idle_seconds=60)
+        assert_that(out["events"], check, label="CheckPredictions")
+        assert_that(out[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.key, d.error_type)),
+                    lambda got: got == [("v3#0", "FrameFormatError")] or pytest.fail(str(got)), label="CheckDead")

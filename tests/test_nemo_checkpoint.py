@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from operators.nemo_checkpoint import NemoCheckpointError, load_nemo, model_config_to_nemo, save_nemo
-from operators.streaming_asr import CharVocabulary, RNNTConfig, StreamingASR, random_model, small_config
+from operators.streaming_asr import RNNTConfig, StreamingASR, random_model, small_config
 
 torch.set_num_threads(1)
 

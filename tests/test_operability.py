@@ -86,6 +86,27 @@ def test_manifest_progress_counts_finished_shards(samples, full_run):
     done = manifest_progress(out, sorted(samples["shards"]), since_s=0)
     assert done() == (2, summary["records"])
     assert manifest_progress(out, sorted(samples["shards"]), since_s=4e9)() == (0, 0)
+    assert not os.path.exists(f"{out}/_progress"), "live progress files are removed when the job ends"
+
+
+def test_live_progress_files_count_shards_and_samples_read(samples, tmp_path):
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from transforms.progress import read_progress
+
+    args = build_corpus.build_parser().parse_args(
+        ["--input", *samples["shards"], "--output", str(tmp_path / "o"), "--progress-interval", "0.2"]
+    )
+    progress_dir = str(tmp_path / "progress")
+    with TestPipeline(runner=FnApiRunner()) as p:
+        build_corpus.build_graph(
+            p, build_corpus.validate(args), args, build_corpus.resolve_tokenizers(args), progress_dir=progress_dir
+        )
+    live = read_progress(progress_dir)
+    assert live["ShardsRead"] == len(samples["shards"])
+    assert live["Read"] == sum(samples["shards"].values())  # no reader dead letters in these shards
+    assert live["Write"] == len(samples["shards"])
 
 
 def test_metrics_count_every_stage_and_dead_letters_per_stage(full_run):

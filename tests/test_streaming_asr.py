@@ -10,7 +10,6 @@ import torch
 from operators.asr_frontend import MelConfig, log_mel, mel_filterbank
 from operators.streaming_asr import (
     CharVocabulary,
-    ModelConfig,
     RNNTConfig,
     StreamingASR,
     chunk_sizes,

@@ -1,6 +1,5 @@
 """Transcription transforms: decode audio files, run the ASR operator through RunInference."""
 
-import io
 import json
 import os
 from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Union

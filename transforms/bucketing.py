@@ -3,13 +3,13 @@
 A model batch is padded to its longest item, so batching a 1 s clip with a 30 s clip
 computes 29 s of padding. :class:`BucketedBatchElements` groups items of similar length
 and caps each batch by its *padded* size (``len(batch) * longest``), which is what the
-model's compute and memory really cost; :class:`MeasurePadding` reports the padding
+model's compute and memory really cost, and by its padding fraction; :class:`MeasurePadding` reports the padding
 fraction as Beam metrics so it can be compared against plain ``beam.BatchElements`` (which
 batches by count only; its ``length_fn``/``bucket_boundaries`` apply only to its stateful
 mode, and ``SortAndBatchElements`` caps the *sum* of sizes, not the padded size).
 
 Batching is per bundle and per window: items are held in per-bucket buffers; a bucket's
-batch is emitted as soon as the next item would push it over the cap (bounded memory on
+batch is emitted as soon as the next item would push it over a cap (bounded memory on
 long bundles), and at the end of the bundle all leftovers are sorted together and cut, so
 few small batches remain. No shuffle is added, so the step fuses with its neighbours.
 
@@ -40,16 +40,29 @@ def geometric_boundaries(min_length: int, max_length: int, ratio: float = 1.25) 
     return edges
 
 
+def fits(
+    batch: Sequence[Tuple[int, Any]], length: int, max_batch_samples: int, max_batch_size: int,
+    max_padding: float,
+) -> bool:
+    """Whether an item of ``length`` may join ``batch`` (``(length, item)`` pairs): the batch
+    stays within ``max_batch_size`` items, ``max_batch_samples`` padded samples and a
+    ``max_padding`` fraction of padding. Anything fits an empty batch."""
+    if not batch:
+        return True
+    lengths = [n for n, _ in batch] + [length]
+    real, padded = padding_stats(lengths)
+    return len(lengths) <= max_batch_size and padded <= max_batch_samples and real >= (1 - max_padding) * padded
+
+
 def cut_sorted(
-    items: Sequence[Tuple[int, Any]], max_batch_samples: int, max_batch_size: int
+    items: Sequence[Tuple[int, Any]], max_batch_samples: int, max_batch_size: int, max_padding: float = 1.0
 ) -> List[List[Tuple[int, Any]]]:
-    """Cuts ``(length, item)`` pairs sorted by length into consecutive batches whose padded
-    size (count × longest) stays within ``max_batch_samples``; an item longer than the cap
-    gets a batch of its own."""
+    """Cuts ``(length, item)`` pairs sorted by length into consecutive batches within the
+    caps of :func:`fits`; an item longer than ``max_batch_samples`` gets a batch of its own."""
     batches: List[List[Tuple[int, Any]]] = []
     batch: List[Tuple[int, Any]] = []
     for length, item in items:
-        if batch and ((len(batch) + 1) * length > max_batch_samples or len(batch) >= max_batch_size):
+        if not fits(batch, length, max_batch_samples, max_batch_size, max_padding):
             batches.append(batch)
             batch = []
         batch.append((length, item))
@@ -68,12 +81,11 @@ class _BucketBatchFn(beam.DoFn):
 
     def __init__(
         self, length_fn: Callable[[Any], int], boundaries: Sequence[int], max_batch_samples: int,
-        max_batch_size: int,
+        max_batch_size: int, max_padding: float,
     ):
         self._length_fn = length_fn
         self._boundaries = list(boundaries)
-        self._cap = max_batch_samples
-        self._max_size = max_batch_size
+        self._caps = (max_batch_samples, max_batch_size, max_padding)
         self._buffers: Dict[Tuple[Any, int], List[Tuple[int, Any]]] = {}
 
     def start_bundle(self) -> None:
@@ -83,8 +95,7 @@ class _BucketBatchFn(beam.DoFn):
         length = int(self._length_fn(item))
         slot = (window, bisect.bisect_left(self._boundaries, length))
         buffer = self._buffers.setdefault(slot, [])
-        longest = max([length] + [n for n, _ in buffer])
-        if buffer and ((len(buffer) + 1) * longest > self._cap or len(buffer) >= self._max_size):
+        if not fits(buffer, length, *self._caps):
             yield self._emit(window, buffer)
             buffer = self._buffers[slot] = []
         buffer.append((length, item))
@@ -96,7 +107,7 @@ class _BucketBatchFn(beam.DoFn):
         self._buffers = {}
         for window, leftovers in by_window.items():
             leftovers.sort(key=lambda pair: pair[0])
-            for batch in cut_sorted(leftovers, self._cap, self._max_size):
+            for batch in cut_sorted(leftovers, *self._caps):
                 yield self._emit(window, batch)
 
     @staticmethod
@@ -147,22 +158,24 @@ class BucketedBatchElements(beam.PTransform):
         boundaries: Sorted bucket upper edges in samples; default: geometric edges
             (ratio 1.25) from ``max_batch_samples / 1024`` to ``max_batch_samples``.
         max_batch_size: Cap on items per batch.
+        max_padding: Cap on the padding fraction of a batch (of two or more items): more
+            small batches against less padding.
         namespace: Metric namespace for the padding metrics.
     """
 
     def __init__(
         self, length_fn: Callable[[Any], int], max_batch_samples: int,
         boundaries: Optional[Sequence[int]] = None, max_batch_size: int = 256,
-        namespace: str = NAMESPACE,
+        max_padding: float = 0.2, namespace: str = NAMESPACE,
     ):
         super().__init__()
-        if max_batch_samples < 1 or max_batch_size < 1:
-            raise ValueError("max_batch_samples and max_batch_size must be at least 1")
+        if max_batch_samples < 1 or max_batch_size < 1 or not 0 <= max_padding <= 1:
+            raise ValueError("max_batch_samples and max_batch_size must be at least 1, max_padding in [0, 1]")
         if boundaries is None:
             boundaries = geometric_boundaries(max(1, max_batch_samples // 1024), max_batch_samples)
         if list(boundaries) != sorted(boundaries):
             raise ValueError(f"bucket boundaries must be sorted, got {list(boundaries)}")
-        self._fn = _BucketBatchFn(length_fn, boundaries, max_batch_samples, max_batch_size)
+        self._fn = _BucketBatchFn(length_fn, boundaries, max_batch_samples, max_batch_size, max_padding)
         self._measure = MeasurePadding(length_fn, namespace)
 
     def expand(self, items):
@@ -216,17 +229,18 @@ class BucketedRunInference(beam.PTransform):
             :class:`BucketedBatchElements`).
         boundaries: Bucket upper edges (default: geometric).
         max_batch_size: Cap on items per batch (default: the handler's ``max_batch_size``).
+        max_padding: Cap on a batch's padding fraction.
         namespace: Metric namespace of the padding metrics.
     """
 
     def __init__(
         self, handler: ModelHandler, length_fn: Callable[[Any], int], max_batch_samples: int,
         boundaries: Optional[Sequence[int]] = None, max_batch_size: Optional[int] = None,
-        namespace: str = NAMESPACE,
+        max_padding: float = 0.2, namespace: str = NAMESPACE,
     ):
         super().__init__()
         size = max_batch_size or handler.batch_elements_kwargs().get("max_batch_size", 256)
-        self._batch = BucketedBatchElements(length_fn, max_batch_samples, boundaries, size, namespace)
+        self._batch = BucketedBatchElements(length_fn, max_batch_samples, boundaries, size, max_padding, namespace)
         self._handler = PreBatchedModelHandler(handler)
 
     def expand(self, items):

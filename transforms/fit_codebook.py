@@ -2,7 +2,7 @@
 
 Graph (``I`` = ``iterations``, all unrolled into ONE pipeline)::
 
-    features ─► SampleRows (Top-n by seeded row hash) ─► KMeansPlusPlus ─► centroids_0
+    features ─► SampleRows (n distinct rows, smallest seeded hash) ─► KMeansPlusPlus ─► centroids_0
     features ─► Iteration0 (CombineGlobally, side input centroids_0) ─► Update0 ─► centroids_1
     ...
     features ─► FinalStats (CombineGlobally, side input centroids_I) ─► Fitted ─► [SaveCodebook]
@@ -41,8 +41,30 @@ class _SmallestHashRows(beam.DoFn):
         if x.ndim != 2 or len(x) == 0:
             return
         h = cb.row_hashes(x, self._seed)
-        for i in np.argsort(h, kind="stable")[: self._n]:
-            yield int(h[i]), x[i].tobytes()
+        picked = sorted({(int(h[i]), x[i].tobytes()) for i in np.argsort(h, kind="stable")[: 4 * self._n]})
+        yield from picked[: self._n]
+
+
+class _SmallestDistinct(beam.CombineFn):
+    """The ``n`` smallest DISTINCT ``(hash, row bytes)`` pairs (duplicates must not fill the sample)."""
+
+    def __init__(self, n: int):
+        self._n = n
+
+    def create_accumulator(self) -> List[Tuple[int, bytes]]:
+        return []
+
+    def add_input(self, acc, item):
+        return self.merge_accumulators([acc, [item]])
+
+    def add_inputs(self, acc, items):
+        return self.merge_accumulators([acc, list(items)])
+
+    def merge_accumulators(self, accs):
+        return sorted(set().union(*map(set, accs)))[: self._n]
+
+    def extract_output(self, acc):
+        return acc
 
 
 class _Init(beam.DoFn):
@@ -167,7 +189,7 @@ class FitCodebook(beam.PTransform):
         state = (
             features
             | "SampleRows" >> beam.ParDo(_SmallestHashRows(self._sample_size, self._seed))
-            | "SmallestHashes" >> beam.combiners.Top.Smallest(self._sample_size)
+            | "SmallestHashes" >> beam.CombineGlobally(_SmallestDistinct(self._sample_size))
             | "KMeansPlusPlus" >> beam.ParDo(_Init(self._k, self._seed))
         )
         for i in range(self._iterations):

@@ -14,12 +14,13 @@ listener is bound on the worker that runs the source; events can be sent back on
 connection (``WriteLiveEvents`` with ``reply``) only where the sink runs in the same process
 as the source (the local runner), otherwise write events to a file or stdout.
 
-Event time is arrival time, and the watermark follows the wall clock on every poll; when the
-source finishes the watermark jumps to the end, which fires downstream timers one last time.
+Event time is arrival time, and the watermark follows the wall clock on every poll.
 
 Bounded runs (tests, demos): ``max_idle_seconds`` stops after that long without a frame (the
 wait starts at the first poll) and ``stop_after_seconds`` after that long in total; the
-restriction is then claimed to its end, the source finishes and so does the pipeline.
+source then goes on delivering for ``drain_seconds`` (so that idle streams downstream are
+finalised and their events sent), claims the rest of its restriction and finishes, and so
+does the pipeline.
 """
 
 import glob
@@ -56,6 +57,8 @@ class SourceSpec(NamedTuple):
         max_idle_seconds: Stop after this long without a frame (0: never).
         stop_after_seconds: Stop after this long in total (0: never).
         poll_seconds: Longest wait for frames in one ``process`` call.
+        drain_seconds: After a stop condition, keep delivering for this long before finishing
+            (downstream idle-stream timers fire and events reach the clients).
     """
 
     kind: str
@@ -64,6 +67,7 @@ class SourceSpec(NamedTuple):
     max_idle_seconds: float = 0.0
     stop_after_seconds: float = 0.0
     poll_seconds: float = 0.02
+    drain_seconds: float = 0.0
 
 
 def _split_address(address: str) -> Tuple[str, int]:
@@ -79,6 +83,7 @@ class _Poller:
         self.items: "queue.Queue[Any]" = queue.Queue()
         self.started = time.time()
         self.last_item = self.started
+        self.stopping_since: Optional[float] = None
         self.closed = False
 
     def _put_frames(self, decoded: List[Any], source: str) -> None:
@@ -293,7 +298,9 @@ class PollFramesFn(beam.DoFn):
             watermark.set_watermark(Timestamp(now))
         idle = spec.max_idle_seconds and now - poller.last_item >= spec.max_idle_seconds
         over = spec.stop_after_seconds and now - poller.started >= spec.stop_after_seconds
-        if idle or over:
+        if (idle or over) and poller.stopping_since is None:
+            poller.stopping_since = now
+        if poller.stopping_since is not None and now - poller.stopping_since >= spec.drain_seconds:
             poller.close()
             tracker.try_claim(_END)  # claims the rest: the restriction is done
             return

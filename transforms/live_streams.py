@@ -20,13 +20,11 @@ Design (why it is keyed by *shard*, not by stream):
   a gap that the reorder buffer cannot bridge (``max_pending`` chunks waiting) is reported
   as a ``gap`` event and skipped, the end-of-stream chunk finalises the stream (``final``
   event, slot removed, stream id remembered for ``tombstone_seconds``), and a stream idle
-  for ``idle_seconds`` is flushed and finalised (``reason: idle``). Expiry uses an
-  event-time timer (the live source's event time is arrival time and its watermark follows
-  the wall clock), because a processing-time timer still pending when an in-process run
-  ends fails the FnApiRunner. Timers may fire early (the in-process runner fires them after
-  bundles of an unbounded pipeline), so ``on_timer`` checks each stream's last-seen time
-  itself. When the input ends (watermark at the end of the global window) every open stream
-  is flushed and finalised (``reason: shutdown``).
+  for ``idle_seconds`` is flushed and finalised (``reason: idle``) by a processing-time
+  timer. Timers may fire early (the in-process runner fires them after bundles of an
+  unbounded pipeline), so ``on_timer`` checks each stream's last-seen time itself. The timer
+  is only set while a shard has open streams (finalised ids are purged lazily), so a bounded
+  run whose source drains for longer than ``idle_seconds`` ends with no timer pending.
 * State goes through ``NumpyTreeCoder``: a deterministic binary coding of dicts, lists and
   numpy arrays (no pickle, no torch), so the same bytes restore on any worker.
 
@@ -252,7 +250,7 @@ class LiveStreamFn(beam.DoFn):
 
     STREAMS = ReadModifyWriteStateSpec("streams", NumpyTreeCoder())
     CLOSED = ReadModifyWriteStateSpec("closed", NumpyTreeCoder())
-    EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
+    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
     def __init__(self, engine_factory: Callable[[], Any], model: str, idle_seconds: float = 30.0,
                  max_pending: int = 64, max_payload_bytes: int = 1 << 20, max_batch: int = 64,
@@ -297,24 +295,21 @@ class LiveStreamFn(beam.DoFn):
         streams=beam.DoFn.StateParam(STREAMS),
         closed=beam.DoFn.StateParam(CLOSED),
         expiry=beam.DoFn.TimerParam(EXPIRY),
-        fired=beam.DoFn.TimestampParam,
     ) -> Iterator:
         now = self._clock()
-        shutdown = fired >= GlobalWindow().max_timestamp()
         slots = streams.read() or {}
         tombs = closed.read() or {}
         out: List[Any] = []
         for sid, slot in slots.items():
-            # Timers may fire early: only streams idle for the full timeout expire.
-            if (shutdown or now - slot["last_seen"] >= self._idle) and not slot["expired"]:
-                slot["expired"] = "shutdown" if shutdown else "idle"
+            # Timers may fire early: a stream expires only when idle for the full timeout.
+            # Otherwise it was seen after the timer was set, and ``_save`` sets a later one.
+            if now - slot["last_seen"] >= self._idle and not slot["expired"]:
+                slot["expired"] = "idle"
                 count(STAGE, "expired_streams")
                 self._advance(sid, slot, out, force=True)
                 if not bool(slot["op"]["final"]):
                     slot["op"] = self.engine.push(slot["op"], self.engine.decode(0, 0, b""), True)
         self._run(slots, tombs, now, out)
-        if shutdown:
-            slots, tombs = {}, {}
         self._save(slots, tombs, now, streams, closed, expiry)
         yield from out
 
@@ -337,6 +332,7 @@ class LiveStreamFn(beam.DoFn):
                 "op": self.engine.init_state(), "next_seq": 0, "pending": {}, "eos_seq": -1,
                 "last_seen": now, "last_seq": -1, "last_received": 0.0, "source": chunk.source,
                 "expired": "",
+                "marks": [],  # [position, seq, received_at] per pushed chunk not yet stepped
             }
             count(STAGE, "streams")
         slot["last_seen"] = now
@@ -382,7 +378,7 @@ class LiveStreamFn(beam.DoFn):
             item = pending.pop(seq)
             slot["op"] = self.engine.push(slot["op"], item["input"], bool(item["eos"]))
             slot["next_seq"] = seq + 1
-            slot["last_seq"], slot["last_received"] = seq, item["received_at"]
+            slot["marks"].append([self.engine.position(slot["op"]), seq, item["received_at"]])
             if item["eos"]:
                 pending.clear()
 
@@ -401,27 +397,33 @@ class LiveStreamFn(beam.DoFn):
                 for sid, (delta, op) in zip(group, results):
                     slot = slots[sid]
                     slot["op"] = op
-                    done = engine.finished(op)
-                    if delta is not None or done:
-                        kind = "final" if done else getattr(engine, "event_name", "partial")
-                        fields = dict(delta or {})
-                        if done:
-                            fields["reason"] = slot["expired"] or "eos"
-                        out.append(self._event(sid, slot, kind, fields))
+                    self._attribute(slot)
+                    if delta is not None:
+                        out.append(self._event(sid, slot, engine.event_name, dict(delta)))
+                    if engine.finished(op):
+                        out.append(self._event(sid, slot, "final", {"reason": slot["expired"] or "eos"}))
         for sid in [sid for sid, slot in slots.items() if engine.finished(slot["op"])]:
             del slots[sid]
             tombs[sid] = now
             count(STAGE, "finalised_streams")
 
+    def _attribute(self, slot: Dict[str, Any]) -> None:
+        """Makes the chunk whose arrival completed the step just taken the one its events cite
+        (``seq`` and ``received_at``, for latency), and forgets the chunks stepped before it."""
+        consumed = self.engine.consumed(slot["op"])
+        marks = slot["marks"]
+        while len(marks) > 1 and marks[0][0] < consumed:
+            marks.pop(0)
+        if marks:
+            slot["last_seq"], slot["last_received"] = marks[0][1], marks[0][2]
+
     def _save(self, slots, tombs, now: float, streams, closed, expiry) -> None:
-        for sid in [sid for sid, at in tombs.items() if now - at > self._tombstone]:
+        for sid in [sid for sid, at in tombs.items() if now - at >= self._tombstone]:
             del tombs[sid]
         streams.write(slots) if slots else streams.clear()
         closed.write(tombs) if tombs else closed.clear()
         if slots:
             expiry.set(Timestamp(min(s["last_seen"] for s in slots.values()) + self._idle))
-        elif tombs:
-            expiry.set(Timestamp(min(tombs.values()) + self._tombstone))
 
 
 class LiveStreams(beam.PTransform):

@@ -3,8 +3,9 @@
 A batch job that writes ``dead_letters/<stem>.parquet`` (``DEAD_LETTER_SCHEMA``) and a
 manifest per input shard can re-run just the failed records: :func:`dead_letter_keys` lists
 them per source shard, the job re-reads those shards and :class:`KeepKeys` drops every
-record that did not fail, and the job's writer then merges the kept rows of the previous
-run with the retried ones, so ``inputs = rows + dead letters`` still holds per shard.
+record that did not fail, :class:`LoadCorpusRows` loads the rows the previous run kept, and
+the job's writer rewrites each shard with both, so ``inputs = rows + dead letters`` still
+holds per shard.
 """
 
 from typing import Any, Dict, Iterator, List, Set
