@@ -29,8 +29,9 @@ Batches hold independent streams. ``reset[b]`` starts a new stream in row ``b`` 
 step. Rows whose module has no output this step (stride phase, warm-up after a reset) are
 tracked with a per-stream mask; ``step`` returns ``None`` when no row has an output.
 
-State is a tree of dicts/lists holding torch tensors (partial sums, frame buffers) and
-numpy ``int64`` phase counters. For speed the state passed to ``step`` is *consumed*: its
+State is a tree of dicts/lists holding torch tensors (frame buffers) and numpy ``int64``
+phase counters, every one with the stream (batch) as its first dimension, so states of
+separate streams stack into one batch and split again (``stack_states``/``split_states``). For speed the state passed to ``step`` is *consumed*: its
 buffers are updated in place and returned (like JAX buffer donation); ``clone_state`` keeps
 a copy. ``state_to_numpy`` / ``state_from_numpy`` convert it for Beam state coders.
 
@@ -312,29 +313,30 @@ class CoPool3d(CoModule):
             y = z
         else:
             buf = state["buf"]
-            if buf is None or buf.shape[1:] != z.shape:
-                buf = z.new_empty((k - 1, *z.shape))
+            if buf is None or buf.shape[0] != batch or buf.shape[2:] != z.shape[1:]:
+                buf = z.new_empty((batch, k - 1, *z.shape[1:]))
                 state["buf"] = buf
             if init.any():
-                buf[:, _rows(init)] = float("-inf") if self.is_max else 0.0
-            keep = None if valid is None else buf[:, _rows(~active)].clone()
+                buf[_rows(init)] = float("-inf") if self.is_max else 0.0
+            keep = None if valid is None else buf[_rows(~active)]
             if self.is_max:
-                y = torch.maximum(buf.amax(0), z)
+                y = torch.maximum(buf.amax(1), z)
             else:
-                y = (buf.sum(0) + z) / k
+                y = (buf.sum(1) + z) / k
             _shift_in(buf, z)
             if keep is not None:
-                buf[:, _rows(~active)] = keep
+                buf[_rows(~active)] = keep
         if emit is not None and not emit.any():
             return None, None, state
         return y, emit, state
 
 
 def _shift_in(buf: Tensor, x: Tensor) -> None:
-    """Drops ``buf[0]``, moves the rest one place down and puts ``x`` last (in place)."""
-    if buf.shape[0] > 1:
-        buf[:-1] = buf[1:].clone()
-    buf[-1] = x
+    """Per stream (dim 0), drops the oldest entry of ``buf`` (dim 1), moves the rest one
+    place down and puts ``x`` last, in place."""
+    if buf.shape[1] > 1:
+        buf[:, :-1] = buf[:, 1:].clone()
+    buf[:, -1] = x
 
 
 def _triple(v) -> Tuple[int, int, int]:
@@ -541,16 +543,16 @@ class CoCausalSqueezeExcitation(CoModule):
             mean = m
         else:
             buf = state["buf"]
-            if buf is None or buf.shape[1:] != m.shape:
-                buf = m.new_zeros((w - 1, *m.shape))
+            if buf is None or buf.shape[0] != batch or buf.shape[2:] != m.shape[1:]:
+                buf = m.new_zeros((batch, w - 1, *m.shape[1:]))
                 state["buf"] = buf
             if init.any():
-                buf[:, _rows(init)] = 0.0
-            keep = None if valid is None else buf[:, _rows(~active)].clone()
-            mean = (buf.sum(0) + m) / _window_mean_divisor(t - 1, w).view(-1, 1)
+                buf[_rows(init)] = 0.0
+            keep = None if valid is None else buf[_rows(~active)]
+            mean = (buf.sum(1) + m) / _window_mean_divisor(t - 1, w).view(-1, 1)
             _shift_in(buf, m)
             if keep is not None:
-                buf[:, _rows(~active)] = keep
+                buf[_rows(~active)] = keep
         gate = self.se.block(mean[:, :, None, None, None])[:, :, 0]
         return x * gate, valid, state
 
@@ -732,6 +734,57 @@ def state_from_numpy(tree: State) -> State:
     return tree
 
 
+def _batch_of(tree: State) -> int:
+    counter = _first_counter(tree)
+    return 1 if counter is None else int(counter.shape[0])
+
+
+def _zeros_like_tree(template: State, batch: int) -> State:
+    if isinstance(template, dict):
+        return {k: _zeros_like_tree(v, batch) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_zeros_like_tree(v, batch) for v in template]
+    if isinstance(template, np.ndarray):
+        return np.zeros((batch, *template.shape[1:]), dtype=template.dtype)
+    return template
+
+
+def stack_states(states: Sequence[State]) -> State:
+    """Stacks numpy states of separate streams (``state_to_numpy`` form) into one batch.
+
+    A buffer not yet allocated in some streams (fresh streams allocate lazily) is filled
+    with zeros there: a stream's buffers are re-initialised at its first frame anyway.
+    """
+    first = next((s for s in states if s is not None), None)
+    if first is None:
+        return None
+    if isinstance(first, dict):
+        return {k: stack_states([s[k] for s in states]) for k in first}
+    if isinstance(first, list):
+        filled = [s if s is not None else _zeros_like_tree(first, 1) for s in states]
+        return [stack_states([s[i] for s in filled]) for i in range(len(first))]
+    parts = []
+    for s in states:
+        parts.append(s if s is not None else np.zeros((1, *first.shape[1:]), dtype=first.dtype))
+    return np.concatenate(parts, axis=0)
+
+
+def split_states(state: State) -> list:
+    """Inverse of ``stack_states``: one numpy state per stream (copies)."""
+    n = _batch_of(state)
+
+    def take(tree, i):
+        if isinstance(tree, dict):
+            return {k: take(v, i) for k, v in tree.items()}
+        if isinstance(tree, list):
+            return [take(v, i) for v in tree]
+        if isinstance(tree, np.ndarray):
+            return tree[i : i + 1].copy()
+        return tree
+
+    return [take(state, i) for i in range(n)]
+
+
 class StreamStepper:
     """Runs a continual module on one stream with numpy frames and numpy state.
 
@@ -768,6 +821,25 @@ class StreamStepper:
             y, new = self.module.step(x, state_from_numpy(state))
             out = None if y is None else y[0].float().numpy().copy()
             return out, state_to_numpy(new)
+
+    def step_many(
+        self, frames: Sequence[np.ndarray], states: Sequence[State]
+    ) -> Tuple[list, list]:
+        """Steps one frame of each of several streams as one batch (faster per frame).
+
+        Returns:
+            ``(outputs, states)``: per stream, its output (or ``None``) and its new numpy state.
+        """
+        with torch.inference_mode():
+            x = torch.stack([self.preprocess(f) for f in frames])
+            batch = state_from_numpy(stack_states(list(states)))
+            y, valid, batch = self.module.step_masked(x, None, None, batch)
+            new = split_states(state_to_numpy(batch))
+            outs = [
+                None if y is None or (valid is not None and not valid[i]) else y[i].float().numpy().copy()
+                for i in range(len(frames))
+            ]
+        return outs, new
 
     def steps(self, frames: Iterable[np.ndarray]) -> Iterator[Tuple[int, np.ndarray]]:
         """Streams ``(frame index, output)`` for every frame that completes an output,

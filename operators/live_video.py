@@ -62,7 +62,7 @@ class LiveVideo:
             raise FrameFormatError(f"payload is not a JPEG/PNG image ({type(err).__name__}: {err})") from err
         if image.size != (self.width, self.height):
             image = image.resize((self.width, self.height), Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
+        return np.array(image, dtype=np.uint8)
 
     def push(self, state: State, frame: Optional[np.ndarray], final: bool) -> State:
         state = dict(state)

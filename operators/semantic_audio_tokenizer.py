@@ -20,7 +20,7 @@ semantic and one acoustic token per row, so ``g`` = 1/2/4 gives its rates 100/50
 Decoding maps tokens back to the normalised mel (semantic decoder + acoustic codewords), then
 to a waveform with Griffin-Lim on the pseudo-inverse of the mel filters, so reconstruction
 quality can be measured. A model is a folder (``model.json`` + ``.npy`` arrays); the default
-one ships in ``operators/assets/semantic_audio`` and is made by ``pipelines/fit_tokenizer.py``.
+one ships in ``operators/assets/semantic_audio`` (made by ``mediabeam make-tokenizer-assets``).
 """
 
 import json

@@ -27,7 +27,8 @@ def parse_context(value: Optional[str]):
     return left, right
 
 
-def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> None:
+def run(argv: Optional[Sequence[str]] = None, test_pipeline=None):
+    """Parses flags, checks them and runs the live pipeline until its source ends; returns the result."""
     parser = argparse.ArgumentParser(prog="mediabeam live-asr", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help=".nemo model (default: the embedded model)")
     parser.add_argument("--att-context", default=None, help="look-ahead L,R (70,13 → 1.12 s chunks)")
@@ -44,4 +45,4 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> None:
         raise ConfigError(f"--model {args.model!r} does not exist; pass a .nemo file or omit it for the default")
     factory = functools.partial(load_live_asr, args.model, parse_context(args.att_context), args.decoder)
     name = os.path.basename(args.model) if args.model else "asr_default"
-    run_live(args, options, factory, name, test_pipeline)
+    return run_live(args, options, factory, name, test_pipeline)

@@ -6,6 +6,7 @@ from typing import Any, Callable, Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult
 
 from pipelines.common import ConfigError, create_pipeline
 from transforms.errors import DEAD_LETTER_TAG
@@ -28,6 +29,8 @@ def add_live_flags(parser: argparse.ArgumentParser) -> None:
     streams.add_argument("--max-pending", type=int, default=64, help="out-of-order chunks buffered per stream")
     streams.add_argument("--num-shards", type=int, default=1, help="stream shards (parallelism when distributed)")
     streams.add_argument("--max-batch", type=int, default=64, help="most streams in one batched model step")
+    streams.add_argument("--threads", type=int, default=1,
+                         help="PyTorch threads per worker (1 is fastest on shared cores; 0: PyTorch's default)")
     bounded = parser.add_argument_group("bounded runs")
     bounded.add_argument("--max-idle-seconds", type=float, default=0.0,
                          help="stop after this long without a frame (then drain for --idle-timeout)")
@@ -41,6 +44,8 @@ def check_live_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"--port {args.port} must be in 0..65535")
     if args.tail is not None and not os.path.exists(args.tail):
         raise ConfigError(f"--tail {args.tail!r} does not exist; pass a .mbl recording or a folder of them")
+    if args.threads < 0:
+        raise ConfigError("--threads must be 0 (PyTorch's default) or more")
     for name in ("max_frame_bytes", "max_pending", "num_shards", "max_batch"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
@@ -60,14 +65,16 @@ def source_spec(args: argparse.Namespace) -> SourceSpec:
 
 
 def run_live(args: argparse.Namespace, options: PipelineOptions, engine_factory: Callable[[], Any], model: str,
-             test_pipeline: Optional[beam.Pipeline] = None) -> None:
-    """Builds source → per-stream inference → JSON sink (events and error events) and runs it."""
+             test_pipeline: Optional[beam.Pipeline] = None) -> PipelineResult:
+    """Builds source → per-stream inference → JSON sink (events and error events), runs it
+    and returns the finished run's result (metrics: ``LiveSource/*``, ``LiveStreams/*``)."""
     options.view_as(StandardOptions).streaming = True
     pipeline = create_pipeline(options, test_pipeline)
     frames = pipeline | "ReadLiveFrames" >> ReadLiveFrames(source_spec(args))
     results = frames["chunks"] | "LiveStreams" >> LiveStreams(
         engine_factory, model, num_shards=args.num_shards, idle_seconds=args.idle_timeout,
-        max_pending=args.max_pending, max_payload_bytes=args.max_frame_bytes, max_batch=args.max_batch)
+        max_pending=args.max_pending, max_payload_bytes=args.max_frame_bytes, max_batch=args.max_batch,
+        threads=args.threads or None)
     # Two sink branches instead of a Flatten: the FnApiRunner runs a stage after a Flatten only
     # once the unbounded source has finished, which would hold every event until the end.
     for label, dead in (("Source", frames[DEAD_LETTER_TAG]), ("Streams", results[DEAD_LETTER_TAG])):
@@ -77,4 +84,6 @@ def run_live(args: argparse.Namespace, options: PipelineOptions, engine_factory:
             | f"Write{label}ErrorEvents" >> WriteLiveEvents(args.output, args.reply)
         )
     _ = results["events"] | "WriteEvents" >> WriteLiveEvents(args.output, args.reply)
-    pipeline.run().wait_until_finish()
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result

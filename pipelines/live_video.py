@@ -14,7 +14,8 @@ from pipelines.common import ConfigError, parse_job_args
 from pipelines.live_common import add_live_flags, check_live_flags, run_live
 
 
-def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> None:
+def run(argv: Optional[Sequence[str]] = None, test_pipeline=None):
+    """Parses flags, checks them and runs the live pipeline until its source ends; returns the result."""
     parser = argparse.ArgumentParser(prog="mediabeam live-video", description=__doc__.split("\n")[0])
     parser.add_argument("--variant", choices=("s", "m", "tiny"), default="s", help="X3D variant")
     parser.add_argument("--window", type=int, default=16, help="temporal pool window (frames)")
@@ -29,4 +30,4 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> None:
         raise ConfigError("--window ≥ 1, --size ≥ 8 and --top-k ≥ 1 are needed")
     factory = functools.partial(live_co_x3d, args.variant, args.window, args.num_classes, args.weights,
                                 args.size, args.top_k)
-    run_live(args, options, factory, f"co_x3d_{args.variant}-w{args.window}", test_pipeline)
+    return run_live(args, options, factory, f"co_x3d_{args.variant}-w{args.window}", test_pipeline)

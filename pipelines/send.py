@@ -9,6 +9,7 @@ With ``--record FILE.mbl`` the frames are written to a recording (replayed by
 """
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -49,6 +50,14 @@ def video_frames(path: str, stream_id: str, fps: float, size: int) -> Iterator[F
         yield Frame(stream_id, seq, False, PayloadKind.IMAGE, 0, buffer.getvalue())
         seq += 1
     yield Frame(stream_id, seq, True, PayloadKind.NONE, 0, b"")
+
+
+def _audio_seconds(frame: Frame) -> float:
+    return len(frame.payload) / 2 / frame.sample_rate
+
+
+def _video_seconds(frame_seconds: float, frame: Frame) -> float:
+    return 0.0 if frame.kind == PayloadKind.NONE else frame_seconds
 
 
 def pace(frames: Iterator[Frame], seconds_per_frame, speed: float) -> Iterator[Frame]:
@@ -129,12 +138,12 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     stream_id = args.stream_id or os.path.basename(args.file)
     if args.file.lower().endswith(VIDEO_SUFFIXES):
         frames = video_frames(args.file, stream_id, args.fps, args.size)
-        seconds = lambda frame: 0.0 if frame.kind == PayloadKind.NONE else 1.0 / args.fps  # noqa: E731
+        seconds = functools.partial(_video_seconds, 1.0 / args.fps)
     else:
         from operators.media_decode import decode_audio
 
         frames = audio_frames(decode_audio(args.file), stream_id, args.chunk_seconds)
-        seconds = lambda frame: len(frame.payload) / 2 / frame.sample_rate  # noqa: E731
+        seconds = _audio_seconds
     sent = 0
     if args.record:
         with open(args.record, "wb") as handle:

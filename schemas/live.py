@@ -200,6 +200,7 @@ class LiveEvent(NamedTuple):
             "stream_id": self.stream_id,
             "event": self.event,
             "seq": self.seq,
+            "source": self.source,
             "received_at": round(self.received_at, 6),
             "emitted_at": round(self.emitted_at, 6),
         }

@@ -10,6 +10,7 @@ from operators.continual import (
     CoConv3d,
     Parallel,
     SlidingGlobalAvgPool,
+    StreamStepper,
     clone_state,
     from_module,
     fuse,
@@ -254,3 +255,49 @@ def test_clip_global_ops_are_rejected_with_a_fix():
         from_module(nn.Sequential(nn.Conv3d(3, 3, 1), nn.AdaptiveAvgPool3d(1)))
     with pytest.raises(ValueError, match="dilation"):
         from_module(nn.Conv3d(3, 3, 3, dilation=(2, 1, 1)))
+
+
+def test_from_module_shares_weights():
+    conv = nn.Conv3d(3, 2, (3, 1, 1), padding=(1, 0, 0))
+    net = nn.Sequential(conv, nn.BatchNorm3d(2)).eval()
+    co = from_module(net)
+    assert co.layers[0].conv.weight is conv.weight and co.layers[1].bn is net[1]
+    stream = _stream(frames=5)
+    with torch.no_grad():
+        before, _ = _stepped(co, stream)
+        conv.weight.mul_(2.0)  # a later update of the trained module shows in the continual one
+        after, _ = _stepped(co, stream)
+        torch.testing.assert_close(after, net(stream)[:, :, : after.shape[2]], **TOL)
+    assert not torch.allclose(before, after)
+
+
+def test_stream_states_stack_into_a_batch_and_split_back():
+    torch.manual_seed(10)
+    net = nn.Sequential(
+        nn.Conv3d(3, 4, (3, 3, 3), stride=(2, 1, 1), padding=(1, 1, 1)),
+        Parallel([nn.Identity(), nn.Conv3d(4, 4, (3, 1, 1), padding=(1, 0, 0))]),
+        nn.AvgPool3d((2, 1, 1), stride=1),
+        CausalSqueezeExcitation(nn.Sequential(nn.Conv3d(4, 4, 1), nn.Sigmoid()), window=3),
+    ).eval()
+    stepper = StreamStepper(from_module(net), torch.from_numpy)
+    frames = _stream(batch=3, frames=12, seed=11).numpy()
+    starts = [0, 3, 4]  # streams join the batch at different frames (out of stride phase)
+    single = {b: [] for b in range(3)}
+    for b in range(3):
+        state = stepper.init_state()
+        for t in range(starts[b], 12):
+            y, state = stepper.step(frames[b, :, t], state)
+            single[b].append(y)
+    states = [stepper.init_state() for _ in range(3)]
+    batched = {b: [] for b in range(3)}
+    for t in range(12):
+        live = [b for b in range(3) if t >= starts[b]]
+        outs, new = stepper.step_many([frames[b, :, t] for b in live], [states[b] for b in live])
+        for b, y, s in zip(live, outs, new):
+            states[b] = s
+            batched[b].append(y)
+    for b in range(3):
+        assert [y is None for y in batched[b]] == [y is None for y in single[b]]
+        for got, ref in zip(batched[b], single[b]):
+            if ref is not None:
+                np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)

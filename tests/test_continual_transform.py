@@ -87,6 +87,8 @@ def test_keyed_streams_out_of_order_equal_offline():
         if ib is not None:
             batch.append(("cam-b", FrameInput(ib, streams["cam-b"][ib], "live")))
         events = events.add_elements(batch).advance_watermark_to(step + 1)
+        if step == 0:  # a duplicate of a frame still waiting for its predecessor
+            events = events.add_elements([("cam-b", FrameInput(1, streams["cam-b"][1], "live"))])
     events = events.add_elements([("cam-a", FrameInput(3, streams["cam-a"][3], "live"))])  # duplicate
     events = events.advance_watermark_to_infinity()
     delay = from_module(_net()).delay
@@ -99,7 +101,7 @@ def test_keyed_streams_out_of_order_equal_offline():
         assert_that(out.outputs | "Rows" >> beam.Map(_row), _close_to(expected), label="Outputs")
         assert_that(
             out[DEAD_LETTER_TAG] | "Dead" >> beam.Map(lambda d: (d.key, d.error_type)),
-            equal_to([("cam-a#3", "LateFrameError")]),
+            equal_to([("cam-a#3", "LateFrameError"), ("cam-b#1", "LateFrameError")]),
             label="DeadLetters",
         )
 

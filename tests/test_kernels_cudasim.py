@@ -44,11 +44,14 @@ PTX_CHECK = textwrap.dedent(
     """
     import sys
     from numba import cuda
-    try:
-        from numba.cuda.cudadrv import nvvm
-        nvvm.NVVM()
+
+    def probe(a):
+        a[0] = 1.0
+
+    try:  # a trivial kernel first: failing here means the toolchain is absent, not our bug
+        cuda.compile_ptx(probe, "void(float32[::1])", cc=(9, 0))
     except Exception as exc:
-        print("NO_NVVM", type(exc).__name__, exc)
+        print("NO_NVVM", type(exc).__name__, str(exc)[:300])
         sys.exit(0)
     from operators.kernels import cuda_kmeans, cuda_nearest, cuda_rvq
     for mod in (cuda_nearest, cuda_kmeans, cuda_rvq):
@@ -79,5 +82,5 @@ def test_cuda_kernels_match_numpy_under_simulator():
 def test_cuda_kernels_compile_to_ptx_for_sm90():
     out = _run(PTX_CHECK, sim=False)
     if "NO_NVVM" in out:
-        pytest.skip(f"NVVM not installed (pip install 'numba-cuda[cu13]'): {out.strip()}")
+        pytest.skip(f"NVVM/NVRTC not installed (pip install 'numba-cuda[cu13]'): {out.strip()}")
     assert out.count("PTX_OK") == 3, out

@@ -12,6 +12,7 @@ import torch
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that
 
 from operators.live_asr import random_live_asr
@@ -264,7 +265,8 @@ def test_tcp_loopback_live_asr_job(tmp_path, engine):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     events_path = tmp_path / "events.jsonl"
-    job = threading.Thread(target=live_asr.run, args=([
+    outcome = {}
+    job = threading.Thread(target=lambda argv: outcome.setdefault("result", live_asr.run(argv)), args=([
         "--model", model_path, "--port", str(port), "--output", str(events_path), "--reply",
         "--max-idle-seconds", "2", "--idle-timeout", "2", "--stop-after", "40",
     ],))
@@ -297,12 +299,46 @@ def test_tcp_loopback_live_asr_job(tmp_path, engine):
     assert [t for e in idle for t in e.get("tokens", [])] == _offline_tokens(engine, idle_audio)
     errors = [e for e in lines if e["event"] == "error"]
     assert len(errors) == 1 and "malformed frame header" in errors[0]["reason"], errors
+    counters: dict = {}
+    for m in outcome["result"].metrics().query()["counters"]:
+        name = f"{m.key.metric.namespace}/{m.key.metric.name}"
+        counters[name] = counters.get(name, 0) + m.committed
+    sent = sum(r["frames"] for r in results.values()) + 3  # + the idle stream's three frames
+    # Inputs = outputs + dead letters, on both stages.
+    assert counters["LiveSource/frames"] == sent and counters["LiveSource/bad_frames"] == 1
+    assert counters["LiveStreams/chunks"] == sent == counters["LiveStreams/pushed_chunks"]
+    assert counters["LiveStreams/finalised_streams"] == 3
     for sid, x in audio.items():
         tokens = [t for e in lines if e["stream_id"] == sid and e["event"] in ("partial", "final")
                   for t in e.get("tokens", [])]
         assert tokens == _offline_tokens(engine, x)
         assert results[sid]["transcript"] == engine.asr.vocabulary.decode(tokens)
         assert [e["event"] for e in lines if e["stream_id"] == sid][-1] == "final"
+
+
+def test_tail_replays_recordings(tmp_path, engine):
+    """``send --record`` writes .mbl recordings; ``live-asr --tail DIR`` replays them."""
+    from operators.nemo_checkpoint import save_nemo
+    from pipelines import live_asr, send
+
+    model_path = str(tmp_path / "tiny.nemo")
+    save_nemo(model_path, engine.asr.model, labels=list("abcdefghijk "))
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    audio = {"r1": _audio(41, 15000), "r2": _audio(42, 22000)}
+    for sid, x in audio.items():
+        _write_wav(tmp_path / f"{sid}.wav", x)
+        send.run([str(tmp_path / f"{sid}.wav"), "--stream-id", sid, "--chunk-seconds", "0.4",
+                  "--record", str(recordings / f"{sid}.mbl")])
+    (recordings / "broken.mbl").write_bytes(b"not a recording at all, not even close......")
+    events_path = tmp_path / "events.jsonl"
+    live_asr.run(["--model", model_path, "--tail", str(recordings), "--output", str(events_path),
+                  "--max-idle-seconds", "1", "--idle-timeout", "1"])
+    lines = [json.loads(line) for line in events_path.read_text().splitlines()]
+    for sid, x in audio.items():
+        assert [t for e in lines if e["stream_id"] == sid for t in e.get("tokens", [])] == _offline_tokens(engine, x)
+    errors = [e for e in lines if e["event"] == "error"]
+    assert len(errors) == 1 and errors[0]["source"].endswith("broken.mbl")
 
 
 def _write_wav(path, x: np.ndarray) -> None:

@@ -161,7 +161,7 @@ def test_unsafe_archives_are_refused(tmp_path):
     with pytest.raises(NemoCheckpointError, match="link"):
         load_nemo(link_path)
     pickled = str(tmp_path / "pickle.nemo")
-    _write_archive(pickled, {**good, "./model_weights.ckpt": pickle.dumps({"x": _Payload()})})
+    _write_archive(pickled, {**good, "./model_weights.ckpt": pickle.dumps({"x": _Payload()}, protocol=2)})
     with pytest.raises(NemoCheckpointError, match="state dict"):
         load_nemo(pickled)
     missing = str(tmp_path / "missing.nemo")

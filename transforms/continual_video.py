@@ -50,7 +50,7 @@ class Skipped(NamedTuple):
 
 
 class LateFrameError(ValueError):
-    """A frame arrived after its index had been processed (duplicate or too late)."""
+    """A frame arrived after its index had been processed, or twice while waiting."""
 
 
 class MissingFramesError(ValueError):
@@ -115,9 +115,13 @@ class ContinualStreamFn(beam.DoFn):
             return
         waiting = sorted(pending.read(), key=lambda f: f.index)
         if frame.index > expected:
-            if all(f.index != frame.index for f in waiting):
-                waiting.append(frame)
-                waiting.sort(key=lambda f: f.index)
+            if any(f.index == frame.index for f in waiting):
+                count(STREAM_STAGE, "late_frames")
+                yield dead_letter(f"{key}#{frame.index}", frame.source, STREAM_STAGE,
+                                  LateFrameError(f"frame {frame.index} is already waiting (duplicate)"))
+                return
+            waiting.append(frame)
+            waiting.sort(key=lambda f: f.index)
             if len(waiting) <= self._max_pending:
                 pending.add(frame)
                 count(STREAM_STAGE, "buffered_frames")
@@ -145,8 +149,7 @@ class ContinualStreamFn(beam.DoFn):
         next_index.write(expected)
         pending.clear()
         for f in rest:
-            if f.index > expected:
-                pending.add(f)
+            pending.add(f)
 
 
 class ContinualStreams(beam.PTransform):

@@ -66,7 +66,7 @@ class SourceSpec(NamedTuple):
     max_payload_bytes: int = 1 << 20
     max_idle_seconds: float = 0.0
     stop_after_seconds: float = 0.0
-    poll_seconds: float = 0.02
+    poll_seconds: float = 0.2
     drain_seconds: float = 0.0
 
 
@@ -96,12 +96,14 @@ class _Poller:
                 key = f"{item.stream_id}#{item.seq}" if item.stream_id else f"{source}#{item.seq}"
                 self.items.put(DeadLetter(key, source, STAGE, type(item).__name__, str(item)))
 
-    def drain(self, timeout: float) -> List[Any]:
-        """Everything queued, waiting up to ``timeout`` for the first item."""
+    def drain(self, timeout: float, linger: float = 0.003) -> List[Any]:
+        """Everything queued, waiting up to ``timeout`` for the first item and then ``linger``
+        seconds more, so that frames arriving together are delivered (and batched) together."""
         try:
             items = [self.items.get(timeout=timeout)]
         except queue.Empty:
             return []
+        time.sleep(linger)
         while True:
             try:
                 items.append(self.items.get_nowait())

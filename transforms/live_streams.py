@@ -71,13 +71,14 @@ class NumpyTreeCoder(Coder):
     """Deterministic binary coder for trees of dict / list / tuple / scalars / numpy arrays.
 
     Used for the per-stream operator state in Beam state. Arrays are stored as dtype string,
-    shape and raw little-endian bytes; dict keys are ``str`` or ``int``; no pickle.
+    shape and raw little-endian bytes (one copy each way); dict keys are ``str`` or ``int``;
+    no pickle.
     """
 
     def encode(self, value: Any) -> bytes:
-        out = bytearray()
-        _encode_tree(value, out)
-        return bytes(out)
+        parts: List[bytes] = []
+        _encode_tree(value, parts)
+        return b"".join(parts)
 
     def decode(self, encoded: bytes) -> Any:
         value, _ = _decode_tree(memoryview(encoded), 0)
@@ -98,47 +99,52 @@ _I64 = struct.Struct("<q")
 _F64 = struct.Struct("<d")
 
 
-def _encode_str(text: str, out: bytearray) -> None:
+def _encode_str(text: str, parts: List[bytes]) -> None:
     raw = text.encode("utf-8")
-    out += _U32.pack(len(raw)) + raw
+    parts.append(_U32.pack(len(raw)))
+    parts.append(raw)
 
 
-def _encode_tree(value: Any, out: bytearray) -> None:
+def _encode_tree(value: Any, parts: List[bytes]) -> None:
     if value is None:
-        out += b"N"
+        parts.append(b"N")
     elif isinstance(value, (bool, np.bool_)) and not isinstance(value, np.ndarray):
-        out += b"T" if value else b"F"
+        parts.append(b"T" if value else b"F")
     elif isinstance(value, (int, np.integer)) and not isinstance(value, np.ndarray):
-        out += b"I" + _I64.pack(int(value))
+        parts.append(b"I" + _I64.pack(int(value)))
     elif isinstance(value, (float, np.floating)) and not isinstance(value, np.ndarray):
-        out += b"D" + _F64.pack(float(value))
+        parts.append(b"D" + _F64.pack(float(value)))
     elif isinstance(value, str):
-        out += b"S"
-        _encode_str(value, out)
+        parts.append(b"S")
+        _encode_str(value, parts)
     elif isinstance(value, (bytes, bytearray)):
-        out += b"B" + _U32.pack(len(value)) + bytes(value)
+        parts.append(b"B" + _U32.pack(len(value)))
+        parts.append(bytes(value))
     elif isinstance(value, np.ndarray):
-        array = value if value.flags.c_contiguous else value.copy(order="C")
-        if array.dtype.byteorder == ">":
-            array = array.astype(array.dtype.newbyteorder("<"))
-        if array.dtype.hasobject:
+        if value.dtype.hasobject:
             raise TypeError("object arrays cannot be coded")
-        out += b"A"
-        _encode_str(array.dtype.str, out)
-        out += _U32.pack(array.ndim) + b"".join(_I64.pack(d) for d in array.shape)
-        raw = array.tobytes()
-        out += _I64.pack(len(raw)) + raw
+        array = value.astype(value.dtype.newbyteorder("<")) if value.dtype.byteorder == ">" else value
+        parts.append(b"A")
+        _encode_str(array.dtype.str, parts)
+        parts.append(_U32.pack(array.ndim) + b"".join(_I64.pack(d) for d in array.shape))
+        raw = array.tobytes(order="C")
+        parts.append(_I64.pack(len(raw)))
+        parts.append(raw)
     elif isinstance(value, dict):
-        out += b"M" + _U32.pack(len(value))
-        for key in sorted(value, key=lambda k: (isinstance(k, str), k)):
-            _encode_tree(key, out)
-            _encode_tree(value[key], out)
+        parts.append(b"M" + _U32.pack(len(value)))
+        for key in sorted(value, key=_key_order):
+            _encode_tree(key, parts)
+            _encode_tree(value[key], parts)
     elif isinstance(value, (list, tuple)):
-        out += (b"L" if isinstance(value, list) else b"U") + _U32.pack(len(value))
+        parts.append((b"L" if isinstance(value, list) else b"U") + _U32.pack(len(value)))
         for item in value:
-            _encode_tree(item, out)
+            _encode_tree(item, parts)
     else:
         raise TypeError(f"NumpyTreeCoder cannot code {type(value).__name__}")
+
+
+def _key_order(key: Any) -> Tuple[bool, Any]:
+    return isinstance(key, str), key
 
 
 def _decode_str(buf: memoryview, pos: int) -> Tuple[str, int]:
@@ -170,7 +176,7 @@ def _decode_tree(buf: memoryview, pos: int) -> Tuple[Any, int]:
         pos += 8 * ndim
         (n,) = _I64.unpack_from(buf, pos)
         pos += 8
-        array = np.frombuffer(bytes(buf[pos : pos + n]), dtype=np.dtype(dtype)).reshape(shape).copy()
+        array = np.frombuffer(buf[pos : pos + n], dtype=np.dtype(dtype)).reshape(shape).copy()
         return array, pos + n
     if tag == b"M":
         (n,) = _U32.unpack_from(buf, pos)
@@ -245,6 +251,8 @@ class LiveStreamFn(beam.DoFn):
         max_batch: Most streams in one operator step.
         tombstone_seconds: How long a finalised stream id is remembered (its late chunks
             become dead letters instead of starting a new stream).
+        threads: Intra-op threads of the worker's PyTorch (``None``: leave as is). One thread
+            per worker process is fastest when cores are shared.
         clock: Wall-clock source (``time.time``); injectable for tests.
     """
 
@@ -254,7 +262,8 @@ class LiveStreamFn(beam.DoFn):
 
     def __init__(self, engine_factory: Callable[[], Any], model: str, idle_seconds: float = 30.0,
                  max_pending: int = 64, max_payload_bytes: int = 1 << 20, max_batch: int = 64,
-                 tombstone_seconds: float = 300.0, clock: Callable[[], float] = time.time):
+                 tombstone_seconds: float = 300.0, threads: Optional[int] = None,
+                 clock: Callable[[], float] = time.time):
         self._factory = engine_factory
         self._model = model
         self._idle = idle_seconds
@@ -262,10 +271,15 @@ class LiveStreamFn(beam.DoFn):
         self._max_payload = max_payload_bytes
         self._max_batch = max_batch
         self._tombstone = tombstone_seconds
+        self._threads = threads
         self._clock = clock
         self.engine = None
 
     def setup(self) -> None:
+        if self._threads:
+            import torch
+
+            torch.set_num_threads(self._threads)
         self.engine = self._factory()
 
     def process(
@@ -359,7 +373,8 @@ class LiveStreamFn(beam.DoFn):
             decoded = self.engine.decode(0, 0, b"")
         if chunk.eos:
             slot["eos_seq"] = chunk.seq
-        slot["pending"][chunk.seq] = {"input": decoded, "eos": chunk.eos, "received_at": chunk.received_at}
+        slot["pending"][chunk.seq] = {"input": decoded, "eos": chunk.eos, "received_at": chunk.received_at,
+                                      "bad": bad is not None}
         touched.append(sid)
 
     def _advance(self, sid: str, slot: Dict[str, Any], out: List[Any], force: bool) -> None:
@@ -379,7 +394,12 @@ class LiveStreamFn(beam.DoFn):
             slot["op"] = self.engine.push(slot["op"], item["input"], bool(item["eos"]))
             slot["next_seq"] = seq + 1
             slot["marks"].append([self.engine.position(slot["op"]), seq, item["received_at"]])
+            if not item["bad"]:
+                count(STAGE, "pushed_chunks")
             if item["eos"]:
+                for late in sorted(s for s, waiting in pending.items() if not waiting["bad"]):
+                    out.append(dead_letter(f"{sid}#{late}", slot["source"], STAGE, AfterEndOfStreamError(
+                        f"chunk {late} follows the end-of-stream chunk {seq}")))
                 pending.clear()
 
     def _run(self, slots, tombs, now: float, out: List[Any]) -> None:

@@ -13,7 +13,11 @@ Blocking, as in a GEMM micro-kernel:
   so the centroid panel chunk (``DC × 64`` floats = 32 KiB) stays in L1 while ``MT = 8`` point
   tiles reuse it (each centroid load feeds 6 FMAs, each point broadcast feeds 4).
 * After each panel the tile is turned into ``||c||² − 2 x·c`` and merged into a running per-lane
-  minimum and argmin (vector compare + select); the 64 lanes are reduced once per point.
+  minimum and argmin (vector compare + select).
+* Each thread takes a group of up to 16 blocks of ``P·MT`` points and runs all of them against
+  one L2-sized chunk of panels (≤ 1 MiB) before moving to the next chunk, so a large codebook
+  (25 MiB at K=8192, D=768) comes from memory once per group, not once per block. The 64 lanes
+  are reduced to one running best per point after each chunk.
 
 Numba's auto-vectoriser does not find this register blocking by itself, so the micro-kernel is
 written as an ``@intrinsic`` emitting explicit ``<16 x float>`` LLVM IR (FMA + select). The
@@ -22,6 +26,7 @@ outer loops are ordinary ``prange`` Numba code, parallel over blocks of points.
 
 from typing import Tuple
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -36,6 +41,8 @@ TW = LANES * VECTORS
 P = 6
 MT = 8
 DC = 128
+L2_BUDGET = 1 << 20
+MAX_GROUP = 16
 
 
 def _vector_ptr(builder, base, offset, vty):
@@ -139,33 +146,51 @@ def _min_update(typingctx, acc, norms, kb, best, best_idx):
 
 
 @njit(parallel=True, cache=True)
-def _assign_blocks(x, panels, norms, out_idx, out_dist):
-    """Assigns rows of ``x`` (a multiple of P·MT rows) to the nearest packed centroid."""
+def _assign_blocks(x, panels, norms, group, chunk, out_idx, out_dist):
+    """Assigns rows of ``x`` (a multiple of P·MT rows) to the nearest packed centroid.
+
+    Threads take groups of ``group`` blocks of P·MT points. A group walks the codebook in
+    chunks of ``chunk`` panels (sized to stay in L2) and every block of the group is run against
+    a chunk before the next chunk is touched, so a large codebook is read from memory once per
+    group instead of once per block. After each chunk the 64 lanes are reduced to one running
+    best per point (strict ``<``: earlier chunks, i.e. lower indices, win ties).
+    """
     n, dim = x.shape
     npanels = panels.shape[0]
     block = P * MT
-    for b in prange(n // block):
+    nblocks = n // block
+    for g in prange((nblocks + group - 1) // group):
         acc = np.empty((MT, P, TW), np.float32)
-        best = np.full((MT, P, TW), np.inf, np.float32)
-        best_idx = np.zeros((MT, P, TW), np.int32)
-        for kb in range(npanels):
-            acc[:] = 0.0
-            for d0 in range(0, dim, DC):
-                d1 = min(d0 + DC, dim)
+        best = np.empty((MT, P, TW), np.float32)
+        best_idx = np.empty((MT, P, TW), np.int32)
+        b0 = g * group
+        b1 = min(b0 + group, nblocks)
+        for row in range(b0 * block, b1 * block):
+            out_dist[row] = np.inf
+            out_idx[row] = 0
+        for k0 in range(0, npanels, chunk):
+            for b in range(b0, b1):
+                best[:] = np.inf
+                best_idx[:] = 0
+                for kb in range(k0, min(k0 + chunk, npanels)):
+                    acc[:] = 0.0
+                    for d0 in range(0, dim, DC):
+                        d1 = min(d0 + DC, dim)
+                        for t in range(MT):
+                            _dot_tile(x, b * block + t * P, panels, kb, d0, d1, acc[t])
+                    for t in range(MT):
+                        _min_update(acc[t], norms, kb, best[t], best_idx[t])
                 for t in range(MT):
-                    _dot_tile(x, b * block + t * P, panels, kb, d0, d1, acc[t])
-            for t in range(MT):
-                _min_update(acc[t], norms, kb, best[t], best_idx[t])
-        for t in range(MT):
-            for p in range(P):
-                j = 0
-                for lane in range(1, TW):
-                    v, w = best[t, p, lane], best[t, p, j]
-                    if v < w or (v == w and best_idx[t, p, lane] < best_idx[t, p, j]):
-                        j = lane
-                row = b * block + t * P + p
-                out_idx[row] = best_idx[t, p, j]
-                out_dist[row] = best[t, p, j]
+                    for p in range(P):
+                        j = 0
+                        for lane in range(1, TW):
+                            v, w = best[t, p, lane], best[t, p, j]
+                            if v < w or (v == w and best_idx[t, p, lane] < best_idx[t, p, j]):
+                                j = lane
+                        row = b * block + t * P + p
+                        if best[t, p, j] < out_dist[row]:
+                            out_idx[row] = best_idx[t, p, j]
+                            out_dist[row] = best[t, p, j]
 
 
 class PackedCodebook:
@@ -173,8 +198,8 @@ class PackedCodebook:
 
     Attributes:
         codebook: The ``[K, D]`` float32 centroids.
-        panels: ``[ceil(K/32), D, 32]`` float32 (padding centroids are zero).
-        norms: ``[ceil(K/32)·32]`` float32 ``||c||²``; ``+inf`` for padding so it never wins.
+        panels: ``[ceil(K/64), D, 64]`` float32 (padding centroids are zero).
+        norms: ``[ceil(K/64)·64]`` float32 ``||c||²``; ``+inf`` for padding so it never wins.
     """
 
     def __init__(self, codebook: np.ndarray):
@@ -209,14 +234,16 @@ def assign(x: np.ndarray, codebook) -> Tuple[np.ndarray, np.ndarray]:
     idx = np.empty(n, np.int32)
     dist = np.empty(n, np.float32)
     main = n - n % block
+    chunk = max(1, L2_BUDGET // packed.panels[0].nbytes)
+    group = int(min(MAX_GROUP, max(1, main // block // (4 * numba.get_num_threads()))))
     if main:
-        _assign_blocks(x[:main], packed.panels, packed.norms, idx[:main], dist[:main])
+        _assign_blocks(x[:main], packed.panels, packed.norms, group, chunk, idx[:main], dist[:main])
     if main < n:
         tail = np.zeros((block, x.shape[1]), np.float32)
         tail[: n - main] = x[main:]
         tidx = np.empty(block, np.int32)
         tdist = np.empty(block, np.float32)
-        _assign_blocks(tail, packed.panels, packed.norms, tidx, tdist)
+        _assign_blocks(tail, packed.panels, packed.norms, 1, chunk, tidx, tdist)
         idx[main:] = tidx[: n - main]
         dist[main:] = tdist[: n - main]
     dist += np.einsum("nd,nd->n", x, x)
