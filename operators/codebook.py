@@ -14,6 +14,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 
 from operators.kernels import kmeans, nearest
+from operators.model_folder import atomic_write
 
 INERTIA_BITS = 24
 
@@ -145,7 +146,7 @@ def save_codebook(directory: str, fitted: Fitted, spec: Dict[str, Any], name: st
     """Writes ``<name>.npy`` and ``<name>.json`` (spec, K, iterations, inertia) atomically."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{name}.npy")
-    _atomic_write(path, lambda f: np.save(f, fitted.codebook.astype(np.float32)))
+    atomic_write(path, lambda f: np.save(f, fitted.codebook.astype(np.float32)))
     meta = {
         "feature_spec": spec,
         "codebook_size": int(fitted.codebook.shape[0]),
@@ -158,8 +159,7 @@ def save_codebook(directory: str, fitted: Fitted, spec: Dict[str, Any], name: st
         "cluster_sizes": [int(c) for c in fitted.counts],
         "sha256": hashlib.sha256(fitted.codebook.astype(np.float32).tobytes()).hexdigest(),
     }
-    _atomic_write(os.path.join(directory, f"{name}.json"),
-                  lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    atomic_write(os.path.join(directory, f"{name}.json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return path
 
 
@@ -167,12 +167,8 @@ def load_codebook(directory: str, name: str = "codebook") -> Tuple[np.ndarray, O
     """Reads what ``save_codebook`` wrote (the JSON is optional)."""
     codebook = np.load(os.path.join(directory, f"{name}.npy"), allow_pickle=False)
     meta_path = os.path.join(directory, f"{name}.json")
-    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else None
-    return codebook.astype(np.float32), meta
+    if not os.path.exists(meta_path):
+        return codebook.astype(np.float32), None
+    with open(meta_path) as f:
+        return codebook.astype(np.float32), json.load(f)
 
-
-def _atomic_write(path: str, write) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)

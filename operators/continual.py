@@ -31,9 +31,11 @@ tracked with a per-stream mask; ``step`` returns ``None`` when no row has an out
 
 State is a tree of dicts/lists holding torch tensors (frame buffers) and numpy ``int64``
 phase counters, every one with the stream (batch) as its first dimension, so states of
-separate streams stack into one batch and split again (``stack_states``/``split_states``). For speed the state passed to ``step`` is *consumed*: its
-buffers are updated in place and returned (like JAX buffer donation); ``clone_state`` keeps
-a copy. ``state_to_numpy`` / ``state_from_numpy`` convert it for Beam state coders.
+separate streams stack into one batch and split again (``stack_states``/``split_states``).
+For speed the state passed to ``step`` is *consumed*: its buffers are updated in place and
+returned (like JAX buffer donation); ``clone_state`` keeps a copy. ``state_to_numpy`` /
+``state_from_numpy`` convert it for Beam state coders; ``map_state`` maps a function over
+its leaves.
 
 Deliberately unlike the library (bugs seen in 1.2.4): temporal dilation other than 1 is
 rejected for convs and pools; a state whose batch size differs from the input raises
@@ -312,20 +314,12 @@ class CoPool3d(CoModule):
         if k == 1:
             y = z
         else:
-            buf = state["buf"]
-            if buf is None or buf.shape[0] != batch or buf.shape[2:] != z.shape[1:]:
-                buf = z.new_empty((batch, k - 1, *z.shape[1:]))
-                state["buf"] = buf
-            if init.any():
-                buf[_rows(init)] = float("-inf") if self.is_max else 0.0
-            keep = None if valid is None else buf[_rows(~active)]
+            buf = _history(state, z, k - 1, init, float("-inf") if self.is_max else 0.0)
             if self.is_max:
                 y = torch.maximum(buf.amax(1), z)
             else:
                 y = (buf.sum(1) + z) / k
-            _shift_in(buf, z)
-            if keep is not None:
-                buf[_rows(~active)] = keep
+            _push_active(buf, z, active if valid is not None else None)
         if emit is not None and not emit.any():
             return None, None, state
         return y, emit, state
@@ -337,6 +331,29 @@ def _shift_in(buf: Tensor, x: Tensor) -> None:
     if buf.shape[1] > 1:
         buf[:, :-1] = buf[:, 1:].clone()
     buf[:, -1] = x
+
+
+def _history(state: Dict[str, Any], z: Tensor, length: int, init: np.ndarray, fill: float) -> Tensor:
+    """``state["buf"]``: per stream, the last ``length`` per-frame values like ``z`` ``[B, ...]``.
+
+    (Re)allocated, filled with ``fill``, when the batch or frame shape changes; rows that
+    start a stream now (``init``) are reset to ``fill``.
+    """
+    buf = state["buf"]
+    if buf is None or buf.shape[0] != z.shape[0] or buf.shape[2:] != z.shape[1:]:
+        buf = z.new_full((z.shape[0], length, *z.shape[1:]), fill)
+        state["buf"] = buf
+    elif init.any():
+        buf[_rows(init)] = fill
+    return buf
+
+
+def _push_active(buf: Tensor, z: Tensor, active: Optional[np.ndarray]) -> None:
+    """``_shift_in`` for the rows in ``active`` (all when ``None``); the others keep theirs."""
+    keep = None if active is None else buf[_rows(~active)]
+    _shift_in(buf, z)
+    if keep is not None:
+        buf[_rows(~active)] = keep
 
 
 def _triple(v) -> Tuple[int, int, int]:
@@ -542,17 +559,9 @@ class CoCausalSqueezeExcitation(CoModule):
         if w == 1:
             mean = m
         else:
-            buf = state["buf"]
-            if buf is None or buf.shape[0] != batch or buf.shape[2:] != m.shape[1:]:
-                buf = m.new_zeros((batch, w - 1, *m.shape[1:]))
-                state["buf"] = buf
-            if init.any():
-                buf[_rows(init)] = 0.0
-            keep = None if valid is None else buf[_rows(~active)]
+            buf = _history(state, m, w - 1, init, 0.0)
             mean = (buf.sum(1) + m) / _window_mean_divisor(t - 1, w).view(-1, 1)
-            _shift_in(buf, m)
-            if keep is not None:
-                buf[_rows(~active)] = keep
+            _push_active(buf, m, active if valid is not None else None)
         gate = self.se.block(mean[:, :, None, None, None])[:, :, 0]
         return x * gate, valid, state
 
@@ -699,28 +708,35 @@ def fuse(co: CoModule) -> CoModule:
     return co
 
 
+def map_state(fn: Callable[[Any], Any], tree: State) -> State:
+    """Applies ``fn`` to every leaf of a state tree (nested dicts and lists), keeping its shape."""
+    if isinstance(tree, dict):
+        return {k: map_state(fn, v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [map_state(fn, v) for v in tree]
+    return fn(tree)
+
+
+def _clone_leaf(leaf: Any) -> Any:
+    if isinstance(leaf, Tensor):
+        return leaf.clone()
+    if isinstance(leaf, np.ndarray):
+        return leaf.copy()
+    return leaf
+
+
+def _leaf_to_numpy(leaf: Any) -> Any:
+    return leaf.detach().cpu().numpy() if isinstance(leaf, Tensor) else leaf
+
+
 def clone_state(state: State) -> State:
     """Deep copy of a state tree (``step`` consumes the state it is given)."""
-    if isinstance(state, dict):
-        return {k: clone_state(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [clone_state(v) for v in state]
-    if isinstance(state, Tensor):
-        return state.clone()
-    if isinstance(state, np.ndarray):
-        return state.copy()
-    return state
+    return map_state(_clone_leaf, state)
 
 
 def state_to_numpy(state: State) -> State:
     """The state tree with every tensor as a numpy array (picklable, for Beam state)."""
-    if isinstance(state, dict):
-        return {k: state_to_numpy(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [state_to_numpy(v) for v in state]
-    if isinstance(state, Tensor):
-        return state.detach().cpu().numpy()
-    return state
+    return map_state(_leaf_to_numpy, state)
 
 
 def state_from_numpy(tree: State) -> State:
@@ -740,13 +756,12 @@ def _batch_of(tree: State) -> int:
 
 
 def _zeros_like_tree(template: State, batch: int) -> State:
-    if isinstance(template, dict):
-        return {k: _zeros_like_tree(v, batch) for k, v in template.items()}
-    if isinstance(template, list):
-        return [_zeros_like_tree(v, batch) for v in template]
-    if isinstance(template, np.ndarray):
-        return np.zeros((batch, *template.shape[1:]), dtype=template.dtype)
-    return template
+    def zeros(leaf: Any) -> Any:
+        if isinstance(leaf, np.ndarray):
+            return np.zeros((batch, *leaf.shape[1:]), dtype=leaf.dtype)
+        return leaf
+
+    return map_state(zeros, template)
 
 
 def stack_states(states: Sequence[State]) -> State:
@@ -771,18 +786,10 @@ def stack_states(states: Sequence[State]) -> State:
 
 def split_states(state: State) -> list:
     """Inverse of ``stack_states``: one numpy state per stream (copies)."""
-    n = _batch_of(state)
+    def stream(i: int) -> State:
+        return map_state(lambda leaf: leaf[i : i + 1].copy() if isinstance(leaf, np.ndarray) else leaf, state)
 
-    def take(tree, i):
-        if isinstance(tree, dict):
-            return {k: take(v, i) for k, v in tree.items()}
-        if isinstance(tree, list):
-            return [take(v, i) for v in tree]
-        if isinstance(tree, np.ndarray):
-            return tree[i : i + 1].copy()
-        return tree
-
-    return [take(state, i) for i in range(n)]
+    return [stream(i) for i in range(_batch_of(state))]
 
 
 class StreamStepper:

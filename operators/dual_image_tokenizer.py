@@ -15,10 +15,9 @@ A model is a folder (``model.json``, ``semantic.npy``, ``pixel.npy``); the defau
 ``operators/assets/dual_image``.
 """
 
-import json
 import math
 import os
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -26,7 +25,8 @@ from PIL import Image, ImageOps
 from operators.base import TokenOutput
 from operators.kernels import nearest
 from operators.media_decode import decode_image
-from operators.patch_encoders import DctPatchEncoder, load_patch_encoder
+from operators.model_folder import load_array, load_model_info, save_model_folder
+from operators.patch_encoders import PatchEncoder, encoder_from_spec
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "dual_image")
 
@@ -64,19 +64,19 @@ class DualImageModel(NamedTuple):
     patch: int
     semantic_weight: float
     pixel_weight: float
-    encoder: Any
+    encoder: PatchEncoder
     semantic: np.ndarray
     pixel: np.ndarray
     info: Dict[str, Any]
 
 
-def joint_weights(dims, semantic_weight: float, pixel_weight: float):
+def joint_weights(dims: Tuple[int, int], semantic_weight: float, pixel_weight: float) -> Tuple[float, float]:
     """Per-part scales ``(sqrt(w_sem / F_s), sqrt(w_pix / F_p))`` for the concatenated search."""
     fs, fp = dims
     return math.sqrt(semantic_weight / fs), math.sqrt(pixel_weight / fp)
 
 
-def joint_features(encoder, patches: np.ndarray, semantic_weight: float,
+def joint_features(encoder: PatchEncoder, patches: np.ndarray, semantic_weight: float,
                    pixel_weight: float) -> np.ndarray:
     """``[sqrt(w_s/F_s)·encoder(p), sqrt(w_p/F_p)·p]``: what the shared index is searched on."""
     sem = np.asarray(encoder(patches), np.float32)
@@ -85,7 +85,7 @@ def joint_features(encoder, patches: np.ndarray, semantic_weight: float,
 
 
 def split_joint(codebook: np.ndarray, semantic_dim: int, semantic_weight: float,
-                pixel_weight: float):
+                pixel_weight: float) -> Tuple[np.ndarray, np.ndarray]:
     """Joint k-means centroids → (semantic codebook, pixel codebook) in their own units."""
     pixel_dim = codebook.shape[1] - semantic_dim
     a, b = joint_weights((semantic_dim, pixel_dim), semantic_weight, pixel_weight)
@@ -93,38 +93,23 @@ def split_joint(codebook: np.ndarray, semantic_dim: int, semantic_weight: float,
 
 
 def save_model(directory: str, model: DualImageModel, float16: bool = False) -> None:
-    """Writes ``model.json``, ``semantic.npy`` and ``pixel.npy``."""
-    os.makedirs(directory, exist_ok=True)
-    np.save(os.path.join(directory, "semantic.npy"), model.semantic.astype(np.float32))
-    np.save(os.path.join(directory, "pixel.npy"),
-            model.pixel.astype(np.float16 if float16 else np.float32))
+    """Writes ``model.json``, ``semantic.npy`` and ``pixel.npy`` (pixels in float16 if asked)."""
     info = {**model.info, "size": model.size, "patch": model.patch,
             "semantic_weight": model.semantic_weight, "pixel_weight": model.pixel_weight,
             "codebook_size": int(model.pixel.shape[0]), "encoder": model.encoder.spec}
-    tmp = os.path.join(directory, "model.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, os.path.join(directory, "model.json"))
+    save_model_folder(directory, info, {
+        "semantic": model.semantic.astype(np.float32),
+        "pixel": model.pixel.astype(np.float16 if float16 else np.float32),
+    })
 
 
 def load_model(directory: str, encoder_path: Optional[str] = None) -> DualImageModel:
     """Reads a model folder; ``encoder_path`` overrides the encoder recorded in it."""
-    path = os.path.join(directory, "model.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"no dual-image model at {directory!r} (model.json missing); "
-                         "fit one with `mediabeam fit-tokenizer --modality image`")
-    info = json.load(open(path))
-    spec = info["encoder"]
-    if encoder_path:
-        encoder = load_patch_encoder(encoder_path)
-    elif spec["kind"] == "dct":
-        encoder = DctPatchEncoder(spec["shape"], spec["features"])
-    else:
-        encoder = load_patch_encoder(spec["path"])
-    arrays = {n: np.load(os.path.join(directory, f"{n}.npy"), allow_pickle=False).astype(np.float32)
-              for n in ("semantic", "pixel")}
+    info = load_model_info(directory, "dual-image", "image")
+    encoder = encoder_from_spec(info["encoder"], encoder_path)
     return DualImageModel(int(info["size"]), int(info["patch"]), float(info["semantic_weight"]),
-                          float(info["pixel_weight"]), encoder, arrays["semantic"], arrays["pixel"], info)
+                          float(info["pixel_weight"]), encoder, load_array(directory, "semantic"),
+                          load_array(directory, "pixel"), info)
 
 
 class DualImageTokenizer:

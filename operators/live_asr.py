@@ -34,8 +34,7 @@ class SampleFormatError(MediaError):
     """Audio whose format the model cannot take (sample rate, encoding, odd byte count)."""
 
 
-class AsrDelta(Dict[str, object]):
-    """What one step adds to a stream's transcript: ``text``, ``tokens``, ``audio_end_s``."""
+AsrDelta = Dict[str, object]  # what one step adds to a transcript: text, tokens, audio_end_s
 
 
 class LiveASR:
@@ -164,6 +163,10 @@ class LiveASR:
         """The stream ended and its last chunk was stepped."""
         return bool(state["done"])
 
+    def ended(self, state: State) -> bool:
+        """The end of the stream was pushed (its last steps may still be due)."""
+        return bool(state["final"])
+
     def position(self, state: State) -> int:
         """Input units (mel frames) made available so far."""
         return int(state["frames"])
@@ -220,8 +223,9 @@ class LiveASR:
             if bool(state["final"]) and state["mel"].shape[1] == 0:
                 state["done"] = np.asarray(True)
             consumed = int(state["frames"]) - state["mel"].shape[1]
-            results[i] = (AsrDelta(text=self.delta_text(anchor, tokens), tokens=tokens,
-                                   audio_end_s=round(consumed * hop_s, 3)), state)
+            delta = {"text": self.delta_text(anchor, tokens), "tokens": tokens,
+                     "audio_end_s": round(consumed * hop_s, 3)}
+            results[i] = (delta, state)
         return results
 
     def delta_text(self, anchor: int, tokens: Sequence[int]) -> str:

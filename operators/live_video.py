@@ -78,6 +78,10 @@ class LiveVideo:
     def finished(self, state: State) -> bool:
         return bool(state["done"])
 
+    def ended(self, state: State) -> bool:
+        """The end of the stream was pushed (its last steps may still be due)."""
+        return bool(state["final"])
+
     def position(self, state: State) -> int:
         """Frames received so far."""
         return int(state["index"]) + len(state["queue"])

@@ -13,9 +13,18 @@ Plug-in encoders load from a local file (nothing is downloaded):
 """
 
 import os
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Protocol, Sequence
 
 import numpy as np
+
+
+class PatchEncoder(Protocol):
+    """What the tokenizers need of an encoder: a ``spec`` saved with the model (enough to
+    rebuild it, see :func:`encoder_from_spec`) and ``[M, patch_dim]`` → ``[M, F]`` float32."""
+
+    spec: Dict[str, Any]
+
+    def __call__(self, patches: np.ndarray) -> np.ndarray: ...
 
 
 def dct_matrix(n: int) -> np.ndarray:
@@ -82,7 +91,7 @@ class TorchScriptPatchEncoder:
         return out.detach().cpu().numpy().astype(np.float32)
 
 
-def load_patch_encoder(path: str):
+def load_patch_encoder(path: str) -> PatchEncoder:
     """Loads a plug-in encoder from a local TorchScript, state-dict or safetensors file.
 
     Raises:
@@ -107,3 +116,15 @@ def load_patch_encoder(path: str):
         raise ValueError(f"{path!r} has no 'weight' tensor (found {sorted(tensors)}); expected a "
                          "TorchScript module or a linear layer's state dict")
     return LinearPatchEncoder(tensors["weight"], tensors.get("bias"), path)
+
+
+def encoder_from_spec(spec: Dict[str, Any], encoder_path: Optional[str] = None) -> PatchEncoder:
+    """Rebuilds the encoder a model recorded as ``spec``; ``encoder_path`` overrides it.
+
+    The DCT default is rebuilt from its settings; plug-ins reload from the path in the spec.
+    """
+    if encoder_path:
+        return load_patch_encoder(encoder_path)
+    if spec["kind"] == "dct":
+        return DctPatchEncoder(spec["shape"], spec["features"])
+    return load_patch_encoder(spec["path"])

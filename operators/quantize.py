@@ -20,6 +20,7 @@ import struct
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 MIN_BITS, MAX_BITS = 2, 8
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
@@ -189,7 +190,7 @@ def quantize_uniform(
 
 
 def dequantize_uniform(
-    symbols: np.ndarray, escapes: np.ndarray, params: UniformParams, channel_axis: Optional[int], dtype
+    symbols: np.ndarray, escapes: np.ndarray, params: UniformParams, channel_axis: Optional[int], dtype: DTypeLike
 ) -> np.ndarray:
     """Inverse of ``quantize_uniform`` up to rounding: float32 grid values, escapes verbatim."""
     scale = _per_channel(params.scale, symbols.ndim, channel_axis)
@@ -319,7 +320,7 @@ def quantize_codebook(x: np.ndarray, codebook: Codebook, channel_axis: int) -> n
 
 
 def dequantize_codebook(
-    indices: np.ndarray, codebook: Codebook, shape: Tuple[int, ...], channel_axis: int, dtype
+    indices: np.ndarray, codebook: Codebook, shape: Tuple[int, ...], channel_axis: int, dtype: DTypeLike
 ) -> np.ndarray:
     """Inverse of ``quantize_codebook``: centroid values in a tensor of ``shape``."""
     groups, _, dim = codebook.centroids.shape

@@ -23,7 +23,6 @@ quality can be measured. A model is a folder (``model.json`` + ``.npy`` arrays);
 one ships in ``operators/assets/semantic_audio`` (made by ``mediabeam make-tokenizer-assets``).
 """
 
-import json
 import math
 import os
 from typing import Any, Dict, NamedTuple, Optional, Tuple
@@ -34,7 +33,8 @@ from operators import kaldi_fbank
 from operators.base import MediaError, TokenOutput
 from operators.kernels import nearest, rvq
 from operators.media_decode import ffmpeg_args, ffmpeg_error, ffmpeg_input, media_source, run_ffmpeg
-from operators.patch_encoders import DctPatchEncoder, load_patch_encoder
+from operators.model_folder import load_array, load_model_info, save_model_folder
+from operators.patch_encoders import PatchEncoder, encoder_from_spec
 
 SAMPLE_RATE = 16000
 NORM_MEAN = -4.2677393
@@ -105,13 +105,14 @@ class SemanticAudioModel(NamedTuple):
     """Everything the tokenizer needs (see the module docstring)."""
 
     group: int
-    encoder: Any
+    encoder: PatchEncoder
     semantic: np.ndarray
     semantic_decoder: np.ndarray
     acoustic: Tuple[np.ndarray, ...]
     info: Dict[str, Any]
 
     def codebook_sizes(self) -> Tuple[int, ...]:
+        """Sizes of the semantic codebook then of each acoustic stage."""
         return (self.semantic.shape[0],) + tuple(c.shape[0] for c in self.acoustic)
 
 
@@ -120,13 +121,13 @@ def group_rows(patches: np.ndarray, group: int) -> np.ndarray:
     return patches.reshape(patches.shape[0] // group, group * patches.shape[1])
 
 
-def semantic_features(encoder, patches: np.ndarray, group: int) -> np.ndarray:
+def semantic_features(encoder: PatchEncoder, patches: np.ndarray, group: int) -> np.ndarray:
     """Mean encoder feature of each group of patches ``[M/group, F]``."""
     feats = np.asarray(encoder(patches), np.float32)
     return feats.reshape(feats.shape[0] // group, group, feats.shape[1]).mean(axis=1)
 
 
-def clip_rows(encoder, wave: np.ndarray, group: int) -> Tuple[np.ndarray, np.ndarray, int]:
+def clip_rows(encoder: PatchEncoder, wave: np.ndarray, group: int) -> Tuple[np.ndarray, np.ndarray, int]:
     """Waveform → (semantic features, mel targets ``[T, group·256]``, frames): what a model sees."""
     fb = normalise(kaldi_fbank.fbank(wave))
     if fb.shape[0] == 0:
@@ -187,43 +188,28 @@ def griffin_lim(log_mel: np.ndarray, iterations: int = 32, seed: int = 0) -> np.
 
 
 def save_model(directory: str, model: SemanticAudioModel, float16: bool = False) -> None:
-    """Writes ``model.json`` + arrays; ``float16`` halves the size of the shipped defaults."""
-    os.makedirs(directory, exist_ok=True)
+    """Writes ``model.json`` + arrays; ``float16`` halves the size of the shipped defaults.
+
+    The semantic codebook stays float32: its nearest-centroid choices are the tokens.
+    """
     arrays = {"semantic": model.semantic, "semantic_decoder": model.semantic_decoder}
     arrays.update({f"acoustic_{i}": a for i, a in enumerate(model.acoustic)})
-    for name, arr in arrays.items():
-        np.save(os.path.join(directory, f"{name}.npy"),
-                arr.astype(np.float16 if float16 and name != "semantic" else np.float32))
     info = {**model.info, "group": model.group, "n_acoustic": len(model.acoustic),
             "codebook_sizes": list(model.codebook_sizes()), "encoder": model.encoder.spec}
-    tmp = os.path.join(directory, "model.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, os.path.join(directory, "model.json"))
+    save_model_folder(directory, info, {
+        name: arr.astype(np.float16 if float16 and name != "semantic" else np.float32)
+        for name, arr in arrays.items()})
 
 
 def load_model(directory: str, encoder_path: Optional[str] = None) -> SemanticAudioModel:
     """Reads a model folder; ``encoder_path`` overrides the encoder recorded in it."""
-    path = os.path.join(directory, "model.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"no semantic-audio model at {directory!r} (model.json missing); "
-                         "fit one with `mediabeam fit-tokenizer --modality audio`")
-    info = json.load(open(path))
-
-    def arr(name: str) -> np.ndarray:
-        return np.load(os.path.join(directory, f"{name}.npy"), allow_pickle=False).astype(np.float32)
-
-    spec = info["encoder"]
-    if encoder_path:
-        encoder = load_patch_encoder(encoder_path)
-    elif spec["kind"] == "dct":
-        encoder = DctPatchEncoder(spec["shape"], spec["features"])
-    else:
-        encoder = load_patch_encoder(spec["path"])
+    info = load_model_info(directory, "semantic-audio", "audio")
     return SemanticAudioModel(
-        group=int(info["group"]), encoder=encoder, semantic=arr("semantic"),
-        semantic_decoder=arr("semantic_decoder"),
-        acoustic=tuple(arr(f"acoustic_{i}") for i in range(int(info["n_acoustic"]))), info=info,
+        group=int(info["group"]), encoder=encoder_from_spec(info["encoder"], encoder_path),
+        semantic=load_array(directory, "semantic"),
+        semantic_decoder=load_array(directory, "semantic_decoder"),
+        acoustic=tuple(load_array(directory, f"acoustic_{i}") for i in range(int(info["n_acoustic"]))),
+        info=info,
     )
 
 
@@ -261,6 +247,7 @@ class SemanticAudioTokenizer:
         return self._model
 
     def rows_per_second(self) -> float:
+        """Token rows per second of audio (50 / group)."""
         return PATCHES_PER_SECOND / self.model.group
 
     def bitrate_bps(self) -> float:

@@ -14,8 +14,9 @@ causal (see ``operators.continual``): SE averages the last ``window`` frames, th
 the final global average only pools space.
 """
 
+import functools
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -367,28 +368,49 @@ def co_x3d_stepper(
     return StreamStepper(co_x3d(build_x3d(variant, num_classes, weights, seed), window, fused=True), x3d_preprocess)
 
 
+def _pointwise_conv(proj: torch.nn.Module, x: Tensor) -> Tensor:
+    """The head's ``1×1×1`` projection conv applied to one frame ``[B, C, H, W]``."""
+    return torch.nn.functional.conv2d(x, proj.weight[:, :, None, None], proj.bias)
+
+
+def _spatial_mean(x: Tensor) -> Tensor:
+    return x.mean(dim=(2, 3))
+
+
 def _per_frame_head(head: ResNetBasicHead, **options) -> CoModule:
     layers = [from_module(m, **options) for m in head.pool.layers()]
-    proj = head.proj
-    layers.append(CoPerFrame(proj, lambda x: torch.nn.functional.conv2d(x, proj.weight[:, :, None, None], proj.bias)))
+    layers.append(CoPerFrame(head.proj, functools.partial(_pointwise_conv, head.proj)))
     if head.activation is not None:
         layers.append(CoPerFrame(head.activation))
-    layers.append(CoPerFrame(head.output_pool, lambda x: x.mean(dim=(2, 3))))
+    layers.append(CoPerFrame(head.output_pool, _spatial_mean))
     return CoSequential(*layers)
 
 
-register_converter(Swish, lambda m, **o: CoPerFrame(m, torch.nn.functional.silu))
-register_converter(SqueezeExcitation, lambda m, **o: from_module(CausalSqueezeExcitation(m.block, o.get("se_window", 16))))
-register_converter(Conv2plus1d, lambda m, **o: CoSequential(from_module(m.conv_t, **o), from_module(m.conv_xy, **o)))
-register_converter(ResNetBasicStem, lambda m, **o: CoSequential(*[from_module(x, **o) for x in (m.conv, m.norm, m.activation)]))
-register_converter(BottleneckBlock, lambda m, **o: CoSequential(*[from_module(x, **o) for x in m.layers()]))
-register_converter(
-    ResBlock,
-    lambda m, **o: CoSequential(
-        CoParallel([CoSequential(*[from_module(x, **o) for x in m.shortcut()]), from_module(m.branch2, **o)]),
-        from_module(m.activation, **o),
-    ),
-)
-register_converter(ResStage, lambda m, **o: CoSequential(*[from_module(b, **o) for b in m.res_blocks]))
+def _co_sequence(modules: Iterable[torch.nn.Module], **options) -> CoSequential:
+    """The continual forms of ``modules``, run one after another."""
+    return CoSequential(*[from_module(m, **options) for m in modules])
+
+
+def _co_swish(m: Swish, **options) -> CoModule:
+    return CoPerFrame(m, torch.nn.functional.silu)
+
+
+def _co_squeeze_excitation(m: SqueezeExcitation, **options) -> CoModule:
+    """Clip-global SE has no causal form: it becomes SE over a sliding window of frames."""
+    return from_module(CausalSqueezeExcitation(m.block, options.get("se_window", 16)))
+
+
+def _co_res_block(m: ResBlock, **options) -> CoModule:
+    shortcut = _co_sequence(m.shortcut(), **options)
+    return CoSequential(CoParallel([shortcut, from_module(m.branch2, **options)]), from_module(m.activation, **options))
+
+
+register_converter(Swish, _co_swish)
+register_converter(SqueezeExcitation, _co_squeeze_excitation)
+register_converter(Conv2plus1d, lambda m, **o: _co_sequence((m.conv_t, m.conv_xy), **o))
+register_converter(ResNetBasicStem, lambda m, **o: _co_sequence((m.conv, m.norm, m.activation), **o))
+register_converter(BottleneckBlock, lambda m, **o: _co_sequence(m.layers(), **o))
+register_converter(ResBlock, _co_res_block)
+register_converter(ResStage, lambda m, **o: _co_sequence(m.res_blocks, **o))
 register_converter(ResNetBasicHead, _per_frame_head)
-register_converter(Net, lambda m, **o: CoSequential(*[from_module(b, **o) for b in m.blocks]))
+register_converter(Net, lambda m, **o: _co_sequence(m.blocks, **o))

@@ -92,7 +92,8 @@ def validate(args: argparse.Namespace) -> Dict[str, Any]:
     return {"bits": bits, "sizes": sizes, "sources": sources}
 
 
-def build_graph(pipeline: beam.Pipeline, sources: Sequence[str], args: argparse.Namespace, bits, sizes):
+def build_graph(pipeline: beam.Pipeline, sources: Sequence[str], args: argparse.Namespace, bits: Sequence[int],
+                sizes: Sequence[int]) -> Dict[str, beam.PCollection]:
     """Adds the job to ``pipeline``; returns the rows and dead-letter PCollections."""
     read = pipeline | "ReadMediaShards" >> ReadMediaShards(list(sources))
     extracted = read.samples | "ExtractFeatures" >> beam.ParDo(ExtractFeaturesFn(args.model, args.split_at)).with_outputs(

@@ -21,7 +21,7 @@ import argparse
 import json
 import os
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -31,7 +31,7 @@ from operators import semantic_audio_tokenizer as sat
 from operators.base import first_member
 from operators.codebook import Fitted
 from operators.kernels.nearest import nearest
-from operators.patch_encoders import DctPatchEncoder, load_patch_encoder
+from operators.patch_encoders import DctPatchEncoder, PatchEncoder, load_patch_encoder
 from pipelines.common import ConfigError, create_pipeline, expand_inputs, parse_job_args
 from schemas.common import MediaSample
 from transforms.errors import DEAD_LETTER_TAG, dead_letter
@@ -84,7 +84,7 @@ def validate(args: argparse.Namespace) -> List[str]:
     return expand_inputs(args.input)
 
 
-def make_encoder(args: argparse.Namespace):
+def make_encoder(args: argparse.Namespace) -> PatchEncoder:
     """The patch encoder the fitted model will use."""
     if args.encoder:
         return load_patch_encoder(args.encoder)
@@ -93,50 +93,67 @@ def make_encoder(args: argparse.Namespace):
     return DctPatchEncoder((args.patch, args.patch, 3), args.semantic_features or 18)
 
 
-class AudioRows(beam.DoFn):
+class _PatchRows(beam.DoFn):
+    """Base of the row extractors: the first member of ``modality`` → one training row.
+
+    The encoder is rebuilt on the worker in ``setup``. A sample whose member fails to decode
+    becomes a dead letter; a sample without such a member is skipped (mixed shards).
+    """
+
+    modality = ""
+
+    def __init__(self, encoder_args: Dict[str, Any]):
+        self._encoder_args = encoder_args
+        self._encoder: Optional[PatchEncoder] = None
+
+    def setup(self):
+        self._encoder = make_encoder(argparse.Namespace(**self._encoder_args))
+
+    def row(self, data: bytes) -> Any:
+        """The training row of one member's bytes; raises on bad media."""
+        raise NotImplementedError
+
+    def process(self, sample: MediaSample) -> Iterator:
+        found = first_member(sample.members, self.modality)
+        if found is None:
+            return
+        try:
+            row = self.row(found[1])
+        except Exception as err:  # the error policy: a bad record becomes a dead letter
+            yield dead_letter(sample.key, sample.source, STAGE, err)
+            return
+        yield row
+
+
+class AudioRows(_PatchRows):
     """Audio sample → (semantic features, mel targets) of its valid patch groups."""
 
+    modality = "audio"
+
     def __init__(self, encoder_args: Dict[str, Any], group: int, max_seconds: float):
-        self._encoder_args = encoder_args
+        super().__init__(encoder_args)
         self._group = group
         self._max_seconds = max_seconds
 
-    def setup(self):
-        self._encoder = make_encoder(argparse.Namespace(**self._encoder_args))
-
-    def process(self, sample: MediaSample) -> Iterator:
-        found = first_member(sample.members, "audio")
-        if found is None:
-            return
-        try:
-            wave = sat.decode_first_channel(found[1], sat.SAMPLE_RATE, self._max_seconds)
-            feats, targets, _ = sat.clip_rows(self._encoder, wave, self._group)
-        except Exception as err:  # the error policy: a bad record becomes a dead letter
-            yield dead_letter(sample.key, sample.source, STAGE, err)
-            return
-        yield feats, targets
+    def row(self, data: bytes) -> Tuple[np.ndarray, np.ndarray]:
+        wave = sat.decode_first_channel(data, sat.SAMPLE_RATE, self._max_seconds)
+        feats, targets, _ = sat.clip_rows(self._encoder, wave, self._group)
+        return feats, targets
 
 
-class ImageRows(beam.DoFn):
+class ImageRows(_PatchRows):
     """Image sample → joint (weighted semantic ‖ pixel) patch features."""
 
+    modality = "image"
+
     def __init__(self, encoder_args: Dict[str, Any], size: int, patch: int, ws: float, wp: float):
-        self._encoder_args = encoder_args
+        super().__init__(encoder_args)
         self._size, self._patch, self._ws, self._wp = size, patch, ws, wp
 
-    def setup(self):
-        self._encoder = make_encoder(argparse.Namespace(**self._encoder_args))
-
-    def process(self, sample: MediaSample) -> Iterator:
-        found = first_member(sample.members, "image")
-        if found is None:
-            return
-        try:
-            pixels = dit.crop_square(dit.decode_image(found[1]), self._size)
-            patches = dit.image_patches(pixels, self._patch)
-            yield dit.joint_features(self._encoder, patches, self._ws, self._wp)
-        except Exception as err:  # the error policy: a bad record becomes a dead letter
-            yield dead_letter(sample.key, sample.source, STAGE, err)
+    def row(self, data: bytes) -> np.ndarray:
+        pixels = dit.crop_square(dit.decode_image(data), self._size)
+        patches = dit.image_patches(pixels, self._patch)
+        return dit.joint_features(self._encoder, patches, self._ws, self._wp)
 
 
 def _features(pair) -> np.ndarray:
@@ -164,6 +181,11 @@ def _fitted_summary(fitted: Fitted) -> Dict[str, Any]:
 
 
 class SaveAudioModel(beam.DoFn):
+    """Assembles the fitted codebooks into a ``SemanticAudioModel`` and saves it; yields its info.
+
+    Runs once, on the worker that holds the fitted singletons (the encoder is rebuilt there).
+    """
+
     def __init__(self, args: Dict[str, Any], group: int):
         self._args = args
         self._group = group
@@ -179,6 +201,9 @@ class SaveAudioModel(beam.DoFn):
 
 
 class SaveImageModel(beam.DoFn):
+    """Splits the fitted joint codebook into semantic and pixel parts, saves the
+    ``DualImageModel`` and yields its info."""
+
     def __init__(self, args: Dict[str, Any]):
         self._args = args
 
@@ -195,7 +220,8 @@ class SaveImageModel(beam.DoFn):
         yield info
 
 
-def build(p: beam.Pipeline, args: argparse.Namespace, sources: Sequence[str]):
+def build(p: beam.Pipeline, args: argparse.Namespace,
+          sources: Sequence[str]) -> Tuple[beam.PCollection, beam.PCollection]:
     """Adds the fit to pipeline ``p``; returns (model info PCollection, dead letters)."""
     read = p | "ReadShards" >> ReadMediaShards(list(sources))
     encoder_args = {k: getattr(args, k) for k in ("encoder", "modality", "semantic_features", "patch")}

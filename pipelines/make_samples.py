@@ -64,16 +64,25 @@ def write_tar(path: str, members: Sequence[Member]) -> int:
     return os.path.getsize(path)
 
 
+def draw_random_shapes(image: Image.Image, rng: np.random.Generator, count: int, grow: int) -> None:
+    """Draws ``count`` filled ellipses or rectangles of random place and colour onto ``image``.
+
+    Each shape's box is grown by ``grow`` pixels right and down so none is empty.
+    """
+    width, height = image.size
+    draw = ImageDraw.Draw(image)
+    for _ in range(count):
+        x0, x1 = sorted(int(v) for v in rng.integers(0, width, 2))
+        y0, y1 = sorted(int(v) for v in rng.integers(0, height, 2))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape((x0, y0, x1 + grow, y1 + grow), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+
+
 def synthetic_image(rng: np.random.Generator) -> bytes:
     """A JPEG of random rectangles and ellipses on a random background (random size)."""
     width, height = int(rng.integers(96, 480)), int(rng.integers(96, 360))
     image = Image.new("RGB", (width, height), tuple(int(c) for c in rng.integers(0, 256, 3)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(3, 9))):
-        x0, x1 = sorted(int(v) for v in rng.integers(0, width, 2))
-        y0, y1 = sorted(int(v) for v in rng.integers(0, height, 2))
-        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-        shape((x0, y0, x1 + 1, y1 + 1), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    draw_random_shapes(image, rng, int(rng.integers(3, 9)), grow=1)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()

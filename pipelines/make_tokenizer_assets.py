@@ -19,10 +19,10 @@ import tempfile
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from pipelines import fit_tokenizer
-from pipelines.make_samples import wav_bytes
+from pipelines.make_samples import draw_random_shapes, wav_bytes
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "operators", "assets")
 
@@ -63,12 +63,7 @@ def synthetic_picture(rng: np.random.Generator, size: int = 160) -> bytes:
         w = (np.sin(2 * np.pi * (x * rng.integers(1, 8) + y * rng.integers(0, 4))) > 0).astype(float)
     base = (c0[None, None] * (1 - w[..., None]) + c1[None, None] * w[..., None]).astype(np.uint8)
     image = Image.fromarray(base)
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(1, 6))):
-        x0, x1 = sorted(int(v) for v in rng.integers(0, size, 2))
-        y0, y1 = sorted(int(v) for v in rng.integers(0, size, 2))
-        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-        shape((x0, y0, x1 + 2, y1 + 2), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    draw_random_shapes(image, rng, int(rng.integers(1, 6)), grow=2)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

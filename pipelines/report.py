@@ -89,8 +89,12 @@ def report_stats(output_dir: str, summary: Dict[str, Any], throughput: Dict[str,
 
 
 def _png(fig) -> str:
+    """The figure as a base64 PNG (for an inline ``<img>``); closes the figure."""
+    from matplotlib import pyplot as plt
+
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -100,42 +104,42 @@ def _stairs(ax, label: str, distribution: Dict[str, Any]) -> None:
               label=f"{label} (n={distribution['count']})")
 
 
-def _plots(stats: Dict[str, Any]) -> Dict[str, Optional[str]]:
+def _histogram_plot(distributions: Dict[str, Dict[str, Any]], xlabel: str, title: str) -> str:
+    """One filled histogram per modality on shared axes."""
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for modality, distribution in distributions.items():
+        _stairs(ax, modality, distribution)
+    ax.set(xlabel=xlabel, ylabel="samples", title=title)
+    if distributions:
+        ax.legend()
+    return _png(fig)
+
+
+def _bar_plot(values: Dict[str, float], xlabel: str, title: str, color: str) -> str:
+    """Horizontal bars, one per key."""
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.barh(list(values), list(values.values()), color=color)
+    ax.set(xlabel=xlabel, title=title)
+    return _png(fig)
+
+
+def _plots(stats: Dict[str, Any]) -> Dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    plots: Dict[str, Optional[str]] = {}
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for m, d in stats["tokens_per_sample"].items():
-        _stairs(ax, m, d)
-    ax.set(xlabel="tokens per sample", ylabel="samples", title="Tokens per sample")
-    if stats["tokens_per_sample"]:
-        ax.legend()
-    plots["tokens"] = _png(fig)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for m, d in stats["source_bitrate_kbps"].items():
-        _stairs(ax, m, d)
-    ax.set(xlabel="source bitrate (kb/s)", ylabel="samples", title="Bitrate of audio/video members")
-    if stats["source_bitrate_kbps"]:
-        ax.legend()
-    plots["bitrate"] = _png(fig)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    stages = list(stats["stage_throughput"])
-    ax.barh(stages, [stats["stage_throughput"][s]["per_s"] for s in stages], color="#4878a8")
-    ax.set(xlabel="elements per second", title="Throughput per stage")
-    plots["throughput"] = _png(fig)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    reasons = stats["dead_letters_by_reason"]
-    ax.barh(list(reasons), list(reasons.values()), color="#c44e52")
-    ax.set(xlabel="dead letters", title="Dead letters by stage and reason")
-    plots["dead_letters"] = _png(fig)
-    plt.close(fig)
-    return plots
+    throughput = {stage: s["per_s"] for stage, s in stats["stage_throughput"].items()}
+    return {
+        "tokens": _histogram_plot(stats["tokens_per_sample"], "tokens per sample", "Tokens per sample"),
+        "bitrate": _histogram_plot(stats["source_bitrate_kbps"], "source bitrate (kb/s)",
+                                   "Bitrate of audio/video members"),
+        "throughput": _bar_plot(throughput, "elements per second", "Throughput per stage", "#4878a8"),
+        "dead_letters": _bar_plot(stats["dead_letters_by_reason"], "dead letters",
+                                  "Dead letters by stage and reason", "#c44e52"),
+    }
 
 
 def _table(rows: List[List[Any]], header: List[str]) -> str:

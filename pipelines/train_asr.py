@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from operators.nemo_checkpoint import EMBEDDED_MODEL, load_nemo, save_nemo
+from operators.nemo_checkpoint import EMBEDDED_MODEL, load_nemo, read_nemo_archive, save_nemo
 from operators.streaming_asr import (
     EncoderConfig,
     FastConformerASR,
@@ -173,6 +173,7 @@ def train(
     minutes: float,
     batch_frames: int,
     seed: int,
+    peak_lr: float = 2e-3,
     log=print,
 ) -> int:
     """CTC training with multi-look-ahead contexts drawn per batch; stops after ``minutes``."""
@@ -187,7 +188,7 @@ def train(
         current.append(index)
     if current:
         batches.append(current)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-3, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=1e-3, betas=(0.9, 0.98))
     blank = model.config.vocab_size
     budget, begin, step = minutes * 60.0, time.time(), 0
     model.train()
@@ -199,7 +200,7 @@ def train(
                 break
             # Warm-up, hold, then cosine decay over the last 40 % of the time budget.
             decay = max(0.0, (elapsed - 0.6) / 0.4)
-            lr = 2e-3 * min(1.0, (step + 1) / 200) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * decay)))
+            lr = peak_lr * min(1.0, (step + 1) / 200) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * decay)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             lengths = torch.tensor([features[i].shape[1] for i in batch])
@@ -251,6 +252,9 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None, help="keep the synthesised audio here between runs")
     parser.add_argument("--subsampling-channels", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--init-from", default=None,
+                        help="continue training a .nemo model made by this job (keeps its tokenizer and shape)")
     parser.add_argument("--report", default=None, help="optional JSON report path")
     args = parser.parse_args(argv)
     if subprocess.run(["which", "espeak-ng"], capture_output=True).returncode != 0:
@@ -263,18 +267,24 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     test_set = _cached(args.cache_dir, f"test-{args.num_test}-{args.seed}",
                        lambda: generate(args.num_test, HELD_OUT_VARIANTS, args.seed + 1, args.workers))
     print(f"synthesised {len(train_set)} train / {len(test_set)} held-out utterances in {time.time() - began:.0f}s")
-    tokenizer_bytes = train_tokenizer([" ".join(VOCABULARY)] * 4 + [text for _, text, _ in train_set], 64)
-    vocabulary = SentencePieceVocabulary(tokenizer_bytes)
-    config = ModelConfig(
-        encoder=EncoderConfig(
-            n_layers=args.layers, d_model=args.d_model, n_heads=4, subsampling_conv_channels=args.subsampling_channels,
-            att_context_size=CONTEXTS,
-        ),
-        vocab_size=vocabulary.size,
-    )
-    model = FastConformerASR(config)
-    init_weights(model)
-    operator = StreamingASR(model, vocabulary)
+    if args.init_from:
+        members = read_nemo_archive(args.init_from)
+        tokenizer_bytes = next(data for name, data in members.items() if name.endswith("_tokenizer.model"))
+        operator = load_nemo(args.init_from)
+        model, vocabulary = operator.model, operator.vocabulary
+    else:
+        tokenizer_bytes = train_tokenizer([" ".join(VOCABULARY)] * 4 + [text for _, text, _ in train_set], 64)
+        vocabulary = SentencePieceVocabulary(tokenizer_bytes)
+        config = ModelConfig(
+            encoder=EncoderConfig(
+                n_layers=args.layers, d_model=args.d_model, n_heads=4,
+                subsampling_conv_channels=args.subsampling_channels, att_context_size=CONTEXTS,
+            ),
+            vocab_size=vocabulary.size,
+        )
+        model = FastConformerASR(config)
+        init_weights(model)
+        operator = StreamingASR(model, vocabulary)
     features = []
     for start in range(0, len(train_set), 256):
         feats, frames = operator.features([audio for audio, _, _ in train_set[start : start + 256]])
@@ -282,11 +292,12 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     targets = [vocabulary.encode(text) for _, text, _ in train_set]
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.2f} M parameters, vocabulary {vocabulary.size}")
-    steps = train(model, features, targets, args.train_minutes, args.batch_frames, args.seed)
+    steps = train(model, features, targets, args.train_minutes, args.batch_frames, args.seed, args.lr)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     save_nemo(args.output, model, tokenizer_model=tokenizer_bytes, weight_dtype=torch.float16)
     shipped = load_nemo(args.output)
-    report = {"parameters": params, "train_steps": steps, "train_utterances": len(train_set),
+    report = {"parameters": params, "train_steps": steps, "train_minutes": args.train_minutes,
+              "init_from": args.init_from, "train_utterances": len(train_set),
               "test_utterances": len(test_set), "held_out_variants": HELD_OUT_VARIANTS,
               "model_bytes": os.path.getsize(args.output)}
     audio, texts = [a for a, _, _ in test_set], [t for _, t, _ in test_set]

@@ -15,7 +15,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import apache_beam as beam
 
@@ -86,7 +86,7 @@ def model_name(args: argparse.Namespace) -> str:
 
 
 def build_graph(pipeline: beam.Pipeline, sources: Sequence[str], args: argparse.Namespace,
-                decode=None) -> Dict[str, beam.PCollection]:
+                decode: Optional[Callable[..., Iterable]] = None) -> Dict[str, beam.PCollection]:
     """Adds the job to ``pipeline``; returns rows, dead letters and manifests."""
     width, height = parse_size(args.size)
     factory = functools.partial(co_x3d_stepper, args.model, args.window, args.num_classes, args.weights)

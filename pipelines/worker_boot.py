@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import List, Optional, Sequence
+from typing import IO, List, Optional, Sequence
 
 import grpc
 from apache_beam.portability.api import (
@@ -70,8 +70,11 @@ def fetch_artifacts(info: beam_provision_api_pb2.ProvisionInfo, endpoint: str, d
     return sorted(paths)
 
 
-def install(paths: Sequence[str], site: str, log) -> None:
-    """Installs staged packages (sdists, wheels) into ``site`` without touching dependencies."""
+def install(paths: Sequence[str], site: str, log: IO[bytes]) -> None:
+    """Installs staged packages (sdists, wheels) into ``site`` without touching dependencies.
+
+    pip's output goes to ``log`` (the worker's boot log, opened in binary mode).
+    """
     packages = [p for p in paths if p.endswith(PACKAGE_SUFFIXES)]
     requirements = [p for p in paths if os.path.basename(p) == "requirements.txt"]
     if packages:

@@ -1,6 +1,6 @@
 """Per-frame outputs of continual video networks (``video-features`` and live inference)."""
 
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -59,7 +59,7 @@ VIDEO_FRAMES_SCHEMA = pa.schema(
 )
 
 
-def frame_outputs_table(rows) -> pa.Table:
+def frame_outputs_table(rows: Iterable[FrameOutput]) -> pa.Table:
     """Builds a ``VIDEO_FRAMES_SCHEMA`` table from ``FrameOutput`` rows."""
     rows = list(rows)
     return pa.table(

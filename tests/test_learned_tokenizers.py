@@ -181,6 +181,28 @@ def test_plugin_encoders_load_from_local_files(tmp_path):
         load_patch_encoder(str(tmp_path / "missing.pt"))
 
 
+def test_model_folder_round_trip_and_encoder_override(tmp_path):
+    rng = np.random.default_rng(1)
+    enc = DctPatchEncoder((8, 8, 3), 18)
+    semantic, pixel = rng.normal(size=(4, 18)).astype(np.float32), rng.random((4, 192)).astype(np.float32)
+    folder = str(tmp_path / "dual")
+    dit.save_model(folder, dit.DualImageModel(64, 8, 2.0, 0.5, enc, semantic, pixel, {"note": "x"}), float16=True)
+    assert np.load(os.path.join(folder, "pixel.npy")).dtype == np.float16
+    model = dit.load_model(folder)
+    np.testing.assert_array_equal(model.semantic, semantic)  # the semantic codebook stays float32
+    np.testing.assert_allclose(model.pixel, pixel, atol=1e-3)
+    assert model.pixel.dtype == np.float32 and model.info["note"] == "x"
+    assert (model.semantic_weight, model.pixel_weight) == (2.0, 0.5)
+    patches = rng.random((3, 192)).astype(np.float32)
+    np.testing.assert_array_equal(model.encoder(patches), enc(patches))
+    weight = rng.normal(size=(18, 192)).astype(np.float32)
+    torch.save({"weight": torch.from_numpy(weight)}, str(tmp_path / "enc.pt"))
+    override = dit.load_model(folder, encoder_path=str(tmp_path / "enc.pt"))
+    np.testing.assert_allclose(override.encoder(patches), patches @ weight.T, atol=1e-4)
+    with pytest.raises(ValueError, match="fit-tokenizer --modality audio"):
+        sat.load_model(str(tmp_path / "empty"))
+
+
 def _image_model(tmp_path, ws=1.0, wp=1.0) -> str:
     rng = np.random.default_rng(0)
     enc = DctPatchEncoder((8, 8, 3), 18)

@@ -12,7 +12,6 @@ import torch
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that
 
 from operators.live_asr import random_live_asr
@@ -266,7 +265,11 @@ def test_tcp_loopback_live_asr_job(tmp_path, engine):
         port = probe.getsockname()[1]
     events_path = tmp_path / "events.jsonl"
     outcome = {}
-    job = threading.Thread(target=lambda argv: outcome.setdefault("result", live_asr.run(argv)), args=([
+
+    def run_job(argv):
+        outcome["result"] = live_asr.run(argv)
+
+    job = threading.Thread(target=run_job, args=([
         "--model", model_path, "--port", str(port), "--output", str(events_path), "--reply",
         "--max-idle-seconds", "2", "--idle-timeout", "2", "--stop-after", "40",
     ],))

@@ -32,7 +32,7 @@ from operators.split_compute import INPUT_SIZE, forward_with_features, load_mode
 from schemas.common import MediaSample
 from schemas.features import FEATURES_SCHEMA, CompressedRecord, DecodedRecord, FeatureRecord, FeatureRow
 from transforms.errors import DEAD_LETTER_TAG, count, dead_letter
-from transforms.write_shards import dead_letter_table, parquet_bytes, shard_stem, write_atomic
+from transforms.write_shards import by_source, dead_letter_table, parquet_bytes, shard_stem, write_atomic
 
 NAMESPACE = "compress"
 TABLES_FILE = "tables.bin"
@@ -233,6 +233,13 @@ class DecompressFn(_CodecFn):
         yield DecodedRecord(record.key, record.source, record.rate, record.stream, features, record.reference)
 
 
+def _tables_side_input(tables, records):
+    """The tables as a singleton side input; without tables, a ``None`` one (inline coding)."""
+    if tables is None:
+        tables = records.pipeline | "NoTables" >> beam.Create([None])
+    return beam.pvalue.AsSingleton(tables)
+
+
 class CompressFeatures(beam.PTransform):
     """``FeatureRecord``s → ``CompressedRecord``s (main output) + dead letters.
 
@@ -250,8 +257,7 @@ class CompressFeatures(beam.PTransform):
         self._fn = CompressFn(bits, codebook_sizes, channel_axis)
 
     def expand(self, records):
-        tables = self._tables if self._tables is not None else records.pipeline | "NoTables" >> beam.Create([None])
-        return records | "Compress" >> beam.ParDo(self._fn, beam.pvalue.AsSingleton(tables)).with_outputs(
+        return records | "Compress" >> beam.ParDo(self._fn, _tables_side_input(self._tables, records)).with_outputs(
             DEAD_LETTER_TAG, main="compressed"
         )
 
@@ -265,8 +271,7 @@ class DecompressFeatures(beam.PTransform):
         self._fn = DecompressFn(channel_axis)
 
     def expand(self, records):
-        tables = self._tables if self._tables is not None else records.pipeline | "NoTables" >> beam.Create([None])
-        return records | "Decompress" >> beam.ParDo(self._fn, beam.pvalue.AsSingleton(tables)).with_outputs(
+        return records | "Decompress" >> beam.ParDo(self._fn, _tables_side_input(self._tables, records)).with_outputs(
             DEAD_LETTER_TAG, main="decoded"
         )
 
@@ -277,11 +282,9 @@ def image_tensor(data: bytes, size: int = INPUT_SIZE) -> np.ndarray:
     return np.asarray(image, np.float32).transpose(2, 0, 1) / 255.0
 
 
-class ExtractFeaturesFn(beam.DoFn):
-    """``MediaSample`` (first image member) → ``FeatureRecord`` at the split layer.
-
-    The model loads once per worker in ``setup`` from a local state dict.
-    """
+class _SplitModelFn(beam.DoFn):
+    """Base for DoFns that run the split model: it loads once per worker in ``setup`` from a
+    local state dict (never at graph construction)."""
 
     def __init__(self, model_path: Optional[str], layer: str):
         self._model_path = model_path
@@ -291,6 +294,10 @@ class ExtractFeaturesFn(beam.DoFn):
     def setup(self):
         torch.set_num_threads(1)
         self._model = load_model(self._model_path)
+
+
+class ExtractFeaturesFn(_SplitModelFn):
+    """``MediaSample`` (first image member) → ``FeatureRecord`` at the split layer."""
 
     def process(self, sample: MediaSample) -> Iterator:
         member = first_member(sample.members, "image")
@@ -306,17 +313,8 @@ class ExtractFeaturesFn(beam.DoFn):
         yield FeatureRecord(sample.key, sample.source, features[0], output[0])
 
 
-class MeasureQualityFn(beam.DoFn):
+class MeasureQualityFn(_SplitModelFn):
     """``DecodedRecord`` → ``FeatureRow``: runs the rest of the model on decoded features."""
-
-    def __init__(self, model_path: Optional[str], layer: str):
-        self._model_path = model_path
-        self._layer = layer
-        self._model = None
-
-    def setup(self):
-        torch.set_num_threads(1)
-        self._model = load_model(self._model_path)
 
     def process(self, record: DecodedRecord) -> Iterator:
         probe = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
@@ -360,10 +358,6 @@ def _write_tables(tables: Optional[bytes], output_dir: str) -> int:
     return 1
 
 
-def _by_source(row: FeatureRow):
-    return row.source, row
-
-
 class WriteCompressedFeatures(beam.PTransform):
     """Writes ``features/<shard>.parquet`` (``FEATURES_SCHEMA``), ``dead_letters.parquet`` and
     the codec tables ``tables.bin`` under ``output_dir``, each atomically.
@@ -378,7 +372,7 @@ class WriteCompressedFeatures(beam.PTransform):
     def expand(self, inputs):
         parts = (
             inputs["rows"]
-            | "KeyBySource" >> beam.Map(_by_source)
+            | "KeyBySource" >> beam.Map(by_source)
             | "GroupBySource" >> beam.GroupByKey()
             | "WriteFeatureParts" >> beam.Map(_write_part, self._output)
         )

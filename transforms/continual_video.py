@@ -12,7 +12,6 @@
   ``dead_letters/<stem>.parquet`` and a manifest, after checking inputs = outputs + dead letters.
 """
 
-import json
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -28,12 +27,14 @@ from schemas.video import FrameInput, FrameOutput, frame_outputs_table
 from transforms.errors import DEAD_LETTER_TAG, count, dead_letter
 from transforms.write_shards import (
     AccountingError,
-    by_source,
-    dead_letter_table,
-    manifest_path,
+    group_by_source,
     parquet_bytes,
+    records_read,
     shard_stem,
+    sorted_dead_letters,
     write_atomic,
+    write_manifest,
+    write_shard_dead_letters,
 )
 
 STREAM_STAGE = "ContinualStep"
@@ -271,8 +272,8 @@ class WriteVideoFramesFn(beam.DoFn):
     def process(self, element: Tuple[str, Dict[str, Iterable]]) -> Iterator[Dict[str, Any]]:
         source, grouped = element
         rows = sorted(grouped["rows"], key=lambda r: (r.key, r.frame_index))
-        dead = sorted(grouped["dead"], key=lambda d: (d.key, d.stage, d.message))
-        expected = sum(s.records for s in grouped["stats"])
+        dead = sorted_dead_letters(grouped["dead"])
+        expected = records_read(grouped["stats"])
         videos = sorted({r.key for r in rows})
         skipped = len(list(grouped["skipped"]))
         if len(videos) + skipped + len(dead) != expected:
@@ -286,10 +287,7 @@ class WriteVideoFramesFn(beam.DoFn):
             path = FileSystems.join(self._out, "frames", f"{stem}.parquet")
             write_atomic(path, parquet_bytes(frame_outputs_table(rows)))
             files.append(path)
-        if dead:
-            path = FileSystems.join(self._out, "dead_letters", f"{stem}.parquet")
-            write_atomic(path, parquet_bytes(dead_letter_table(dead)))
-            files.append(path)
+        files += write_shard_dead_letters(self._out, stem, dead)
         manifest = {
             "source": source,
             "records": expected,
@@ -301,7 +299,7 @@ class WriteVideoFramesFn(beam.DoFn):
             "models": sorted({r.model for r in rows}),
             "files": files,
         }
-        write_atomic(manifest_path(self._out, source), json.dumps(manifest, indent=1).encode())
+        write_manifest(self._out, manifest)
         count(WRITE_STAGE, "rows", len(rows))
         yield manifest
 
@@ -314,10 +312,6 @@ class WriteVideoFrames(beam.PTransform):
         self._fn = WriteVideoFramesFn(output_dir)
 
     def expand(self, inputs):
-        keyed = {
-            "rows": inputs["rows"] | "KeyFramesBySource" >> beam.Map(by_source),
-            "dead": inputs[DEAD_LETTER_TAG] | "KeyDeadBySource" >> beam.Map(by_source),
-            "skipped": inputs[SKIPPED_TAG] | "KeySkippedBySource" >> beam.Map(by_source),
-            "stats": inputs["stats"] | "KeyStatsBySource" >> beam.Map(by_source),
-        }
-        return keyed | "GroupBySource" >> beam.CoGroupByKey() | "WriteShard" >> beam.ParDo(self._fn)
+        grouped = group_by_source({"Rows": inputs["rows"], "Dead": inputs[DEAD_LETTER_TAG],
+                                   "Skipped": inputs[SKIPPED_TAG], "Stats": inputs["stats"]})
+        return grouped | "WriteShard" >> beam.ParDo(self._fn)

@@ -39,7 +39,7 @@ from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorP
 from apache_beam.utils.timestamp import Timestamp
 
 from schemas.common import DeadLetter
-from schemas.live import RECORDING_SUFFIX, Frame, FrameDecoder, FramingError, LiveChunk, LiveEvent
+from schemas.live import RECORDING_SUFFIX, Frame, FrameDecoder, LiveChunk, LiveEvent
 from transforms.errors import DEAD_LETTER_TAG, count
 
 STAGE = "LiveSource"

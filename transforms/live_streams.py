@@ -29,7 +29,7 @@ Design (why it is keyed by *shard*, not by stream):
   numpy arrays (no pickle, no torch), so the same bytes restore on any worker.
 
 The operator is an engine with ``init_state / decode / push / ready / step_batch /
-finished`` (``operators.live_asr.LiveASR``, ``operators.live_video.LiveVideo``), built once
+finished / ended / position / consumed`` and an ``event_name`` (``operators.live_asr.LiveASR``, ``operators.live_video.LiveVideo``), built once
 per worker in ``setup`` from a picklable factory.
 """
 
@@ -43,7 +43,6 @@ import numpy as np
 from apache_beam.coders import Coder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -235,7 +234,7 @@ class ShardChunks(beam.DoFn):
     def finish_bundle(self) -> Iterator[WindowedValue]:
         stamps = self._stamp
         for (window, shard), chunks in self._take():
-            yield WindowedValue((shard, chunks), stamps[window], [window or GlobalWindow()])
+            yield WindowedValue((shard, chunks), stamps[window], [window])
         self._stamp = {}
 
 
@@ -321,7 +320,7 @@ class LiveStreamFn(beam.DoFn):
                 slot["expired"] = "idle"
                 count(STAGE, "expired_streams")
                 self._advance(sid, slot, out, force=True)
-                if not bool(slot["op"]["final"]):
+                if not self.engine.ended(slot["op"]):
                     slot["op"] = self.engine.push(slot["op"], self.engine.decode(0, 0, b""), True)
         self._run(slots, tombs, now, out)
         self._save(slots, tombs, now, streams, closed, expiry)

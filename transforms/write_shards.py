@@ -138,6 +138,41 @@ def by_source(record: Any) -> Tuple[str, Any]:
     return record.source, record
 
 
+def group_by_source(inputs: Dict[str, beam.PCollection]) -> beam.PCollection:
+    """Co-groups PCollections of records by source shard: ``(source, {name: [records]})``.
+
+    Each input is keyed by a step labelled ``Key<Name>BySource``, so pass CamelCase names
+    (``{"Rows": rows, "Dead": dead_letters, "Stats": stats}``); the grouped dict uses them
+    lowercased (``"rows"``, ``"dead"``, ``"stats"``).
+    """
+    keyed = {name.lower(): pcoll | f"Key{name}BySource" >> beam.Map(by_source) for name, pcoll in inputs.items()}
+    return keyed | "GroupBySource" >> beam.CoGroupByKey()
+
+
+def records_read(stats: Iterable[ShardStats]) -> int:
+    """How many records the reader produced for a shard (its ``ShardStats`` summed)."""
+    return sum(s.records for s in stats)
+
+
+def sorted_dead_letters(dead: Iterable[DeadLetter]) -> List[DeadLetter]:
+    """Dead letters in a stable order (key, stage, message), so reruns write identical files."""
+    return sorted(dead, key=lambda d: (d.key, d.stage, d.message))
+
+
+def write_shard_dead_letters(output_dir: str, stem: str, dead: Sequence[DeadLetter]) -> List[str]:
+    """Writes ``dead_letters/<stem>.parquet`` when there are any; returns the paths written."""
+    if not dead:
+        return []
+    path = FileSystems.join(output_dir, "dead_letters", f"{stem}.parquet")
+    write_atomic(path, parquet_bytes(dead_letter_table(dead)))
+    return [path]
+
+
+def write_manifest(output_dir: str, manifest: Dict[str, Any]) -> None:
+    """Writes the manifest of ``manifest["source"]``; written last, it marks the shard done."""
+    write_atomic(manifest_path(output_dir, manifest["source"]), json.dumps(manifest, indent=1).encode())
+
+
 class WriteShardFn(beam.DoFn):
     """Writes one input shard's rows and dead letters, checks its accounting, then the manifest.
 
@@ -155,8 +190,8 @@ class WriteShardFn(beam.DoFn):
     def process(self, element: Tuple[str, Dict[str, Iterable]]) -> Iterator[Dict[str, Any]]:
         source, grouped = element
         rows = sorted(grouped["rows"], key=lambda r: r.key)
-        dead = sorted(grouped["dead"], key=lambda d: (d.key, d.stage, d.message))
-        expected = sum(s.records for s in grouped["stats"])
+        dead = sorted_dead_letters(grouped["dead"])
+        expected = records_read(grouped["stats"])
         if len(rows) + len(dead) != expected:
             raise AccountingError(
                 f"{source}: read {expected} records but wrote {len(rows)} rows and "
@@ -175,10 +210,7 @@ class WriteShardFn(beam.DoFn):
                 path = FileSystems.join(self._out, "webdataset", f"{stem}-{part:05d}.tar")
                 write_atomic(path, webdataset_bytes(chunk))
                 files.append(path)
-        if dead:
-            path = FileSystems.join(self._out, "dead_letters", f"{stem}.parquet")
-            write_atomic(path, parquet_bytes(dead_letter_table(dead)))
-            files.append(path)
+        files += write_shard_dead_letters(self._out, stem, dead)
         manifest = {
             "source": source,
             "records": expected,
@@ -196,7 +228,7 @@ class WriteShardFn(beam.DoFn):
             "tokenizers": sorted({f"{r.tokenizer}@{r.tokenizer_version}" for r in rows}),
             "files": files,
         }
-        write_atomic(manifest_path(self._out, source), json.dumps(manifest, indent=1).encode())
+        write_manifest(self._out, manifest)
         count(STAGE, "rows", len(rows))
         count(STAGE, "dead_letters", len(dead))
         yield manifest
@@ -233,12 +265,8 @@ class WriteCorpusShards(beam.PTransform):
         self._fn = WriteShardFn(output_dir, rows_per_shard, formats)
 
     def expand(self, inputs):
-        keyed = {
-            "rows": inputs["rows"] | "KeyRowsBySource" >> beam.Map(by_source),
-            "dead": inputs[DEAD_LETTER_TAG] | "KeyDeadBySource" >> beam.Map(by_source),
-            "stats": inputs["stats"] | "KeyStatsBySource" >> beam.Map(by_source),
-        }
-        return keyed | "GroupBySource" >> beam.CoGroupByKey() | "WriteShard" >> beam.ParDo(self._fn)
+        grouped = group_by_source({"Rows": inputs["rows"], "Dead": inputs[DEAD_LETTER_TAG], "Stats": inputs["stats"]})
+        return grouped | "WriteShard" >> beam.ParDo(self._fn)
 
 
 def read_manifests(output_dir: str) -> List[Dict[str, Any]]:

@@ -24,7 +24,7 @@ written as an ``@intrinsic`` emitting explicit ``<16 x float>`` LLVM IR (FMA + s
 outer loops are ordinary ``prange`` Numba code, parallel over blocks of points.
 """
 
-from typing import Tuple
+from typing import Tuple, Union
 
 import numba
 import numpy as np
@@ -216,7 +216,10 @@ class PackedCodebook:
         self.norms[:k] = np.einsum("kd,kd->k", c, c)
 
 
-def assign(x: np.ndarray, codebook) -> Tuple[np.ndarray, np.ndarray]:
+Centroids = Union[np.ndarray, PackedCodebook]  # raw [K, D] centroids, or packed once for reuse
+
+
+def assign(x: np.ndarray, codebook: Centroids) -> Tuple[np.ndarray, np.ndarray]:
     """Returns ``(index [N] int64, squared distance [N] float32)`` of each row's nearest centroid.
 
     Args:
@@ -260,7 +263,7 @@ def assign_reference(x: np.ndarray, codebook: np.ndarray) -> Tuple[np.ndarray, n
     return idx, np.maximum(d[np.arange(len(x)), idx], 0.0)
 
 
-def nearest(x: np.ndarray, codebook, device: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
+def nearest(x: np.ndarray, codebook: Centroids, device: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
     """``assign`` on the chosen device (``"auto"``: the GPU when present, else the CPU)."""
     if resolve(device) == "cuda":
         from operators.kernels import cuda_nearest
