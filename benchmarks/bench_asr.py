@@ -3,7 +3,8 @@
 One run, everything side by side on the same machine state:
 
 1. Cache-aware ``step`` vs the buffered baseline (re-encode a sliding 10 s buffer every chunk and
-   keep the newest chunk's frames) on the same model at 1.12 s chunks (``[70,13]``).
+   keep the newest chunk's frames) with the same model at 1.12 s chunks (``[70,13]``): the large
+   config and the embedded default model.
 2. Large config (17 layers, d 512, 8 heads, random weights): ms per step and real-time factor
    at ``[70,13]`` and ``[70,0]`` on 1 thread.
 3. Concurrent real-time streams on 2 threads with batches of B = 1, 8, 32 streams per step:
@@ -14,12 +15,18 @@ Prints a human-readable table and one JSON line. ``--quick`` uses fewer repetiti
 
 import argparse
 import json
+import os
 import time
 from typing import Callable, Tuple
 
-import torch
+# Idle OpenMP threads sleep instead of spinning: on a shared machine spinning burns the other
+# thread's core and inflates both wall and CPU time of 2-thread runs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from operators.streaming_asr import EncoderConfig, ModelConfig, StreamingASR, CharVocabulary, random_model
+import torch  # noqa: E402
+
+from operators.nemo_checkpoint import EMBEDDED_MODEL, load_nemo  # noqa: E402
+from operators.streaming_asr import CharVocabulary, EncoderConfig, ModelConfig, StreamingASR, random_model  # noqa: E402
 
 LARGE = EncoderConfig(n_layers=17, d_model=512, n_heads=8, subsampling_conv_channels=256)
 MEL_HOP_S = 0.01
@@ -102,6 +109,16 @@ def main(argv=None) -> dict:
         "70_0": {"ms_per_step": step0, "cpu_ms_per_step": step0_cpu, "audio_ms_per_step": 80.0,
                  "rtf": step0 / 80.0, "rtf_cpu": step0_cpu / 80.0},
     }
+    if os.path.exists(EMBEDDED_MODEL):
+        small = load_nemo(EMBEDDED_MODEL)
+        small_step, small_step_cpu = bench_step(small, 1, repeats * 3)
+        small_buf, small_buf_cpu = bench_buffered(small, 10.0, repeats * 3)
+        report["cache_vs_buffered_embedded_1thread"] = {
+            "parameters": sum(p.numel() for p in small.model.parameters()), "chunk_s": chunk_s,
+            "cache_aware_ms": small_step, "buffered_10s_ms": small_buf, "speedup": small_buf / small_step,
+            "cache_aware_cpu_ms": small_step_cpu, "buffered_10s_cpu_ms": small_buf_cpu,
+            "speedup_cpu": small_buf_cpu / small_step_cpu,
+        }
     torch.set_num_threads(2)
     streams = {}
     for batch in (1, 8, 32):
@@ -119,6 +136,11 @@ def main(argv=None) -> dict:
     print(f"1.12 s chunk, 1 thread: cache-aware {c['cache_aware_ms']:.1f} ({c['cache_aware_cpu_ms']:.1f}) vs "
           f"buffered 10 s {c['buffered_10s_ms']:.1f} ({c['buffered_10s_cpu_ms']:.1f}) -> "
           f"{c['speedup']:.1f}x ({c['speedup_cpu']:.1f}x)")
+    if "cache_vs_buffered_embedded_1thread" in report:
+        e = report["cache_vs_buffered_embedded_1thread"]
+        print(f"embedded model ({e['parameters'] / 1e6:.2f} M), 1.12 s chunk, 1 thread: cache-aware "
+              f"{e['cache_aware_ms']:.2f} ({e['cache_aware_cpu_ms']:.2f}) vs buffered 10 s {e['buffered_10s_ms']:.2f} "
+              f"({e['buffered_10s_cpu_ms']:.2f}) -> {e['speedup']:.1f}x ({e['speedup_cpu']:.1f}x)")
     for name, row in report["large_1thread"].items():
         print(f"[{name.replace('_', ',')}] 1 thread: {row['ms_per_step']:.1f} ({row['cpu_ms_per_step']:.1f}) per "
               f"{row['audio_ms_per_step']:.0f} ms of audio, RTF {row['rtf']:.3f} ({row['rtf_cpu']:.3f})")

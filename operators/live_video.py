@@ -5,9 +5,9 @@ Wraps a :class:`operators.continual.StreamStepper` (e.g. CoX3D) with the same in
 ``finished``), so one Beam DoFn serves both. A pushed frame waits in the stream's state until
 the next ``step_batch``; every ready stream advances by one frame per call.
 
-``step_batch`` steps the streams one after another: the continual state is a tree whose
-buffers are allocated lazily per stream, and ``operators.continual`` has no function to join
-two streams' trees into one batch yet, so cross-stream batching is not done for video.
+``step_batch`` advances every ready stream by one frame in one batched network step
+(``StreamStepper.step_many``: the streams' numpy state trees are stacked into one batch and
+split again), so video throughput grows with concurrency like ASR.
 """
 
 import io
@@ -91,31 +91,39 @@ class LiveVideo:
         return int(state["index"])
 
     def step_batch(self, states: Sequence[State]) -> List[Tuple[Optional[dict], State]]:
-        """Steps one queued frame of each stream; ``(prediction or None, state)`` per stream."""
-        results = []
-        for state in states:
+        """Steps one queued frame of each stream, all in one batched network step
+        (``StreamStepper.step_many``); ``(prediction or None, state)`` per stream."""
+        results: List[Tuple[Optional[dict], State]] = []
+        rows, frames, nets = [], [], []
+        for i, state in enumerate(states):
             state = dict(state)
-            if not state["queue"]:
+            if state["queue"]:
+                rows.append(i)
+                frames.append(state["queue"][0])
+                nets.append(state["net"])
+                state["queue"] = state["queue"][1:]
+            else:
                 state["done"] = np.asarray(bool(state["final"]))
-                results.append((None, state))
-                continue
-            frame, state["queue"] = state["queue"][0], state["queue"][1:]
-            values, state["net"] = self.stepper.step(frame, state["net"])
+            results.append((None, state))
+        if not rows:
+            return results
+        outputs, new_nets = self.stepper.step_many(frames, nets)
+        for i, values, net in zip(rows, outputs, new_nets):
+            state = results[i][1]
+            state["net"] = net
             index = int(state["index"])
             state["index"] = np.asarray(index + 1, np.int64)
             if bool(state["final"]) and not state["queue"]:
                 state["done"] = np.asarray(True)
-            if values is None:
-                results.append((None, state))
-                continue
-            flat = np.asarray(values, np.float32).ravel()
-            top = np.argsort(-flat)[: self.top_k]
-            results.append(({
-                "frame_index": index,
-                "output_index": (index - self.stepper.delay) // self.stepper.stride,
-                "top_classes": [int(c) for c in top],
-                "top_scores": [round(float(flat[c]), 6) for c in top],
-            }, state))
+            if values is not None:
+                flat = np.asarray(values, np.float32).ravel()
+                top = np.argsort(-flat)[: self.top_k]
+                results[i] = ({
+                    "frame_index": index,
+                    "output_index": (index - self.stepper.delay) // self.stepper.stride,
+                    "top_classes": [int(c) for c in top],
+                    "top_scores": [round(float(flat[c]), 6) for c in top],
+                }, state)
         return results
 
 

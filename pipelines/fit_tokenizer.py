@@ -24,6 +24,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 import numpy as np
 
 from operators import dual_image_tokenizer as dit
@@ -34,7 +35,7 @@ from operators.kernels.nearest import nearest
 from operators.patch_encoders import DctPatchEncoder, PatchEncoder, load_patch_encoder
 from pipelines.common import ConfigError, create_pipeline, expand_inputs, parse_job_args
 from schemas.common import MediaSample
-from transforms.errors import DEAD_LETTER_TAG, dead_letter
+from transforms.errors import DEAD_LETTER_TAG, count, dead_letter
 from transforms.fit_codebook import CentroidMeans, FitCodebook
 from transforms.read_shards import ReadMediaShards
 
@@ -97,7 +98,8 @@ class _PatchRows(beam.DoFn):
     """Base of the row extractors: the first member of ``modality`` → one training row.
 
     The encoder is rebuilt on the worker in ``setup``. A sample whose member fails to decode
-    becomes a dead letter; a sample without such a member is skipped (mixed shards).
+    becomes a dead letter; a sample without such a member is skipped (mixed shards) and
+    counted, so the summary still accounts for every sample read.
     """
 
     modality = ""
@@ -116,12 +118,15 @@ class _PatchRows(beam.DoFn):
     def process(self, sample: MediaSample) -> Iterator:
         found = first_member(sample.members, self.modality)
         if found is None:
+            count(STAGE, "skipped_other_modality")
             return
         try:
             row = self.row(found[1])
         except Exception as err:  # the error policy: a bad record becomes a dead letter
+            count(STAGE, "dead_letters")
             yield dead_letter(sample.key, sample.source, STAGE, err)
             return
+        count(STAGE, "rows")
         yield row
 
 
@@ -277,8 +282,10 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipel
     for name in parts:
         dead_rows += [json.loads(line) for line in open(os.path.join(dead_dir, name)) if line.strip()]
     model_info = json.load(open(os.path.join(args.output, "model.json")))
+    counters = result.metrics().query(MetricsFilter().with_namespace(STAGE))["counters"]
+    samples = {c.key.metric.name: c.committed for c in counters}
     summary = {"output": args.output, "modality": args.modality, "wall_s": round(time.time() - start, 2),
-               "dead_letters": dead_rows, "model": model_info}
+               "samples": samples, "dead_letters": dead_rows, "model": model_info}
     with open(os.path.join(args.output, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(f"fit-tokenizer: model written to {args.output} ({len(dead_rows)} dead letters, "

@@ -165,6 +165,7 @@ def test_fit_tokenizer_audio_model_tokenizes_and_reports_dead_letters(media, tmp
                                  "--acoustic-codebook-size", "8", "--acoustic-stages", "2", "--rate", "50",
                                  "--iterations", "2", "--sample-size", "100", "--output", out])
     assert [d["key"] for d in summary["dead_letters"]] == ["broken"]
+    assert summary["samples"] == {"rows": 2, "dead_letters": 1, "skipped_other_modality": 6}
     model = sat.load_model(out)
     assert model.group == 2 and model.codebook_sizes() == (16, 8, 8)
     assert model.semantic_decoder.shape == (16, 512)
