@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SAMPLES := data/samples
 DEMO_OUT := out/demo
 
-.PHONY: install demo test bench samples clean
+.PHONY: install demo test bench assets samples clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,20 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_corpus.py
+	$(PY) benchmarks/bench_codec_tokenizers.py
+	$(PY) benchmarks/bench_kernels.py
+	$(PY) benchmarks/bench_asr.py
+	$(PY) benchmarks/bench_continual.py
+	$(PY) benchmarks/bench_entropy.py
+	$(PY) benchmarks/bench_live.py
+	$(PY) benchmarks/bench_scale.py
+
+# Re-creates the shipped defaults in operators/assets from generated data (slow: ~1 h on 2 cores).
+assets: install
+	$(VENV)/bin/mediabeam make-tokenizer-assets
+	$(PY) -m operators.split_compute
+	command -v espeak-ng >/dev/null || (apt-get update && apt-get install -y espeak-ng)
+	$(VENV)/bin/mediabeam train-asr
 
 clean:
 	rm -rf $(VENV) out $(SAMPLES) *.egg-info
