@@ -14,17 +14,7 @@ from typing import Optional, Sequence
 from operators.live_asr import load_live_asr
 from pipelines.common import ConfigError, parse_job_args
 from pipelines.live_common import add_live_flags, check_live_flags, run_live
-
-
-def parse_context(value: Optional[str]):
-    """``"70,13"`` → ``(70, 13)``; ``None`` stays ``None`` (the model's default)."""
-    if value is None:
-        return None
-    try:
-        left, right = (int(part) for part in value.split(","))
-    except ValueError:
-        raise ConfigError(f"--att-context {value!r} must look like 70,13 (left,right frames of 80 ms)")
-    return left, right
+from pipelines.transcribe import parse_context
 
 
 def run(argv: Optional[Sequence[str]] = None, test_pipeline=None):

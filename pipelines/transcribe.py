@@ -9,7 +9,7 @@ RNNT/CTC streaming checkpoint. Files that cannot be decoded or transcribed becom
 import argparse
 import json
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from pipelines.common import ConfigError, create_pipeline, expand_inputs, parse_job_args
 from transforms.asr import ASRModelHandler, TranscribeFiles, WriteTranscripts, dead_letter_path
@@ -17,7 +17,8 @@ from transforms.asr import ASRModelHandler, TranscribeFiles, WriteTranscripts, d
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mkv")
 
 
-def _context(value: Optional[str]):
+def parse_context(value: Optional[str]) -> Optional[Tuple[int, int]]:
+    """``"70,13"`` → ``(70, 13)``; ``None`` stays ``None`` (the model's default)."""
     if value is None:
         return None
     try:
@@ -60,7 +61,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
         raise ConfigError(f"--model {args.model!r} does not exist; pass a .nemo file or omit it for the default")
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
-    context = _context(args.att_context)
+    context = parse_context(args.att_context)
     files = _files(args.files)
     if not files:
         raise ConfigError(f"no audio files found in {args.files}")
