@@ -14,7 +14,7 @@ from operators.nemo_checkpoint import EMBEDDED_MODEL, load_nemo
 from operators.streaming_asr import StreamingASR
 from schemas.asr import ASR_SCHEMA, AudioItem, TranscriptRow
 from schemas.common import DeadLetter
-from transforms.errors import DEAD_LETTER_TAG, count, dead_letter
+from transforms.errors import DEAD_LETTER_TAG, SplitDeadLetters, as_dead_letter, count, dead_letter
 from transforms.write_shards import dead_letter_table, parquet_bytes, write_atomic
 
 DECODE_STAGE = "DecodeAudio"
@@ -102,9 +102,7 @@ class ASRModelHandler(ModelHandler[AudioItem, Union[TranscriptRow, DeadLetter], 
                 try:
                     results.extend(self._transcribe([item], model))
                 except Exception as err:
-                    results.append(
-                        DeadLetter(item.key, item.source, STAGE, type(err).__name__, str(err) or repr(err))
-                    )
+                    results.append(as_dead_letter(item.key, item.source, STAGE, err))
             return results
 
     def batch_elements_kwargs(self) -> Dict[str, Any]:
@@ -112,18 +110,6 @@ class ASRModelHandler(ModelHandler[AudioItem, Union[TranscriptRow, DeadLetter], 
 
     def get_metrics_namespace(self) -> str:
         return STAGE
-
-
-class SplitTranscripts(beam.DoFn):
-    """Separates RunInference results into transcript rows and dead letters."""
-
-    def process(self, result: Union[TranscriptRow, DeadLetter]) -> Iterator:
-        if isinstance(result, DeadLetter):
-            count(STAGE, "dead_letters")
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, result)
-        else:
-            count(STAGE, "transcripts")
-            yield result
 
 
 class TranscribeFiles(beam.PTransform):
@@ -138,7 +124,7 @@ class TranscribeFiles(beam.PTransform):
         split = (
             decoded.audio
             | "RunASR" >> RunInference(self._handler)
-            | "SplitTranscripts" >> beam.ParDo(SplitTranscripts()).with_outputs(DEAD_LETTER_TAG, main="rows")
+            | "SplitTranscripts" >> beam.ParDo(SplitDeadLetters(STAGE, "transcripts")).with_outputs(DEAD_LETTER_TAG, main="rows")
         )
         dead = (decoded[DEAD_LETTER_TAG], split[DEAD_LETTER_TAG]) | "FlattenDeadLetters" >> beam.Flatten()
         return {"rows": split.rows, DEAD_LETTER_TAG: dead}

@@ -11,7 +11,7 @@ from operators.base import Tokenizer, first_member
 from operators.registry import build_tokenizer
 from schemas.common import DeadLetter, MediaSample
 from schemas.corpus import CorpusRow
-from transforms.errors import DEAD_LETTER_TAG, count, dead_letter
+from transforms.errors import DEAD_LETTER_TAG, SplitDeadLetters, as_dead_letter, count, dead_letter
 
 STAGE = "Tokenize"
 ROUTE_STAGE = "RouteByModality"
@@ -35,7 +35,7 @@ def tokenize_sample(tokenizer: Tokenizer, sample: MediaSample) -> Union[CorpusRo
     try:
         out = tokenizer.encode(payload)
     except Exception as err:  # the error policy: any failure of one record is a dead letter
-        return DeadLetter(sample.key, sample.source, STAGE, type(err).__name__, str(err) or repr(err))
+        return as_dead_letter(sample.key, sample.source, STAGE, err)
     tokens = np.ascontiguousarray(out.tokens, dtype=np.int32)
     meta = out.meta
     return CorpusRow(
@@ -112,17 +112,16 @@ class RouteByModality(beam.DoFn):
         yield dead_letter(sample.key, sample.source, ROUTE_STAGE, err)
 
 
-class SplitResults(beam.DoFn):
-    """Separates RunInference results into corpus rows and dead letters."""
+class SplitResults(SplitDeadLetters):
+    """Separates RunInference results into corpus rows and dead letters, counting rows per
+    modality and tokens."""
 
-    def process(self, result: Union[CorpusRow, DeadLetter]) -> Iterator:
-        if isinstance(result, DeadLetter):
-            count(STAGE, "dead_letters")
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, result)
-        else:
-            count(STAGE, f"rows_{result.modality}")
-            count(STAGE, "tokens", int(result.tokens.size))
-            yield result
+    def __init__(self):
+        super().__init__(STAGE)
+
+    def count_row(self, row: CorpusRow) -> None:
+        count(STAGE, f"rows_{row.modality}")
+        count(STAGE, "tokens", int(row.tokens.size))
 
 
 class TokenizeSamples(beam.PTransform):
