@@ -1,16 +1,15 @@
 """The run report written next to a corpus: ``report.json`` stats and a self-contained
 ``report.html`` with plots, the page a person opens instead of reading logs.
 
-Plots (matplotlib, Agg backend, embedded as base64 PNG so the page has no external file):
+Plots (inline SVG drawn here, so the page has no external file and writing it costs
+milliseconds, not a plotting library's import):
 tokens per sample per modality, bitrate of the source media (audio/video), throughput per
 stage, and dead letters by stage and reason. The data are the corpus and dead-letter
 Parquet files of the whole output (a resumed or retried output is reported whole), plus
 this run's summary and Beam metrics.
 """
 
-import base64
 import html
-import io
 import json
 from collections import Counter
 from typing import Any, Dict, List, Optional
@@ -88,49 +87,115 @@ def report_stats(output_dir: str, summary: Dict[str, Any], throughput: Dict[str,
     }
 
 
-def _png(fig) -> str:
-    """The figure as a base64 PNG (for an inline ``<img>``); closes the figure."""
-    from matplotlib import pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+_WIDTH, _HEIGHT = 560, 300
+_LEFT, _RIGHT, _TOP, _BOTTOM = 150, 40, 34, 46
+_PALETTE = ("#4878a8", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 
 
-def _stairs(ax, label: str, distribution: Dict[str, Any]) -> None:
-    histogram = distribution["histogram"]
-    ax.stairs(histogram["counts"], histogram["edges"], fill=True, alpha=0.6,
-              label=f"{label} (n={distribution['count']})")
+def _nice_step(span: float, count: int) -> float:
+    """A step of 1, 2 or 5 times a power of ten giving at most ``count`` intervals over ``span``."""
+    raw = span / count
+    power = 10 ** np.floor(np.log10(raw))
+    return float(next(m * power for m in (1, 2, 5, 10) if m * power >= raw))
+
+
+def _ticks(high: float, count: int = 5) -> List[float]:
+    """Round tick values from 0 to at least ``high``."""
+    if high <= 0:
+        return [0.0, 1.0]
+    step = _nice_step(high, count)
+    return [float(v) for v in np.arange(0, high + step * 0.999, step)]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _svg(title: str, xlabel: str, body: List[str]) -> str:
+    """An inline SVG figure: frame, title and x label around ``body`` (already placed)."""
+    text = html.escape
+    return (
+        f'<svg width="{_WIDTH}" height="{_HEIGHT}" '
+        f'font-family="sans-serif" font-size="11" role="img" aria-label="{text(title)}">'
+        f'<rect width="{_WIDTH}" height="{_HEIGHT}" fill="white"/>'
+        f'<text x="{_WIDTH / 2}" y="18" text-anchor="middle" font-size="14">{text(title)}</text>'
+        f'<text x="{(_LEFT + _WIDTH - _RIGHT) / 2}" y="{_HEIGHT - 8}" text-anchor="middle">{text(xlabel)}</text>'
+        + "".join(body) + "</svg>"
+    )
+
+
+def _x_axis(ticks: List[float], x_of, lines: bool) -> List[str]:
+    """Tick labels (and light grid lines) along the bottom of the plot area."""
+    y0 = _HEIGHT - _BOTTOM
+    out = [f'<line x1="{_LEFT}" y1="{y0}" x2="{_WIDTH - _RIGHT}" y2="{y0}" stroke="#444"/>']
+    for t in ticks:
+        x = x_of(t)
+        if lines:
+            out.append(f'<line x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" y2="{y0}" stroke="#e4e4e4"/>')
+        out.append(f'<text x="{x:.1f}" y="{y0 + 14}" text-anchor="middle">{_fmt(t)}</text>')
+    return out
 
 
 def _histogram_plot(distributions: Dict[str, Dict[str, Any]], xlabel: str, title: str) -> str:
-    """One filled histogram per modality on shared axes."""
-    from matplotlib import pyplot as plt
+    """One translucent filled histogram per modality on shared axes, with a legend."""
+    hists = {m: d["histogram"] for m, d in distributions.items()}
+    edges = [e for h in hists.values() for e in h["edges"]]
+    low, high = (min(edges), max(edges)) if edges else (0.0, 1.0)
+    high = high if high > low else low + 1.0
+    top = max([max(h["counts"]) for h in hists.values() if h["counts"]] or [1])
+    y_ticks = _ticks(top, 4)
+    plot_w, plot_h = _WIDTH - _LEFT - _RIGHT, _HEIGHT - _TOP - _BOTTOM
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for modality, distribution in distributions.items():
-        _stairs(ax, modality, distribution)
-    ax.set(xlabel=xlabel, ylabel="samples", title=title)
-    if distributions:
-        ax.legend()
-    return _png(fig)
+    def x_of(v: float) -> float:
+        return _LEFT + (v - low) / (high - low) * plot_w
+
+    def y_of(v: float) -> float:
+        return _HEIGHT - _BOTTOM - v / y_ticks[-1] * plot_h
+
+    body = []
+    for t in y_ticks:
+        body.append(f'<line x1="{_LEFT}" y1="{y_of(t):.1f}" x2="{_WIDTH - _RIGHT}" y2="{y_of(t):.1f}" stroke="#e4e4e4"/>'
+                    f'<text x="{_LEFT - 6}" y="{y_of(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    body.append(f'<text x="{_LEFT - 40}" y="{_TOP + plot_h / 2}" text-anchor="middle" '
+                f'transform="rotate(-90 {_LEFT - 40} {_TOP + plot_h / 2})">samples</text>')
+    step = _nice_step(high - low, 5)
+    first = np.ceil(low / step) * step
+    body += _x_axis([float(v) for v in np.arange(first, high + step * 1e-9, step)], x_of, lines=False)
+    for i, (modality, hist) in enumerate(hists.items()):
+        color = _PALETTE[i % len(_PALETTE)]
+        points = [f"{x_of(hist['edges'][0]):.1f},{y_of(0):.1f}"]
+        for count, left, right in zip(hist["counts"], hist["edges"], hist["edges"][1:]):
+            points += [f"{x_of(left):.1f},{y_of(count):.1f}", f"{x_of(right):.1f},{y_of(count):.1f}"]
+        points.append(f"{x_of(hist['edges'][-1]):.1f},{y_of(0):.1f}")
+        body.append(f'<polygon points="{" ".join(points)}" fill="{color}" fill-opacity="0.55" stroke="{color}"/>')
+        y = _TOP + 14 + 16 * i
+        body.append(f'<rect x="{_WIDTH - _RIGHT - 150}" y="{y - 9}" width="12" height="10" fill="{color}"/>'
+                    f'<text x="{_WIDTH - _RIGHT - 134}" y="{y}">'
+                    f'{html.escape(modality)} (n={distributions[modality]["count"]})</text>')
+    return _svg(title, xlabel, body)
 
 
 def _bar_plot(values: Dict[str, float], xlabel: str, title: str, color: str) -> str:
-    """Horizontal bars, one per key."""
-    from matplotlib import pyplot as plt
+    """Horizontal bars, one per key, labelled with the key and the value."""
+    ticks = _ticks(max(list(values.values()) + [0.0]))
+    plot_w, plot_h = _WIDTH - _LEFT - _RIGHT, _HEIGHT - _TOP - _BOTTOM
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.barh(list(values), list(values.values()), color=color)
-    ax.set(xlabel=xlabel, title=title)
-    return _png(fig)
+    def x_of(v: float) -> float:
+        return _LEFT + v / ticks[-1] * plot_w
+
+    body = _x_axis(ticks, x_of, lines=True)
+    slot = min(plot_h / max(len(values), 1), 36.0)
+    for i, (name, value) in enumerate(values.items()):
+        y = _TOP + i * slot
+        label = name if len(name) <= 24 else name[:23] + "…"
+        body.append(f'<rect x="{_LEFT}" y="{y + slot * 0.15:.1f}" width="{x_of(value) - _LEFT:.1f}" '
+                    f'height="{slot * 0.7:.1f}" fill="{color}"><title>{html.escape(name)}: {_fmt(value)}</title></rect>'
+                    f'<text x="{_LEFT - 6}" y="{y + slot / 2 + 4:.1f}" text-anchor="end">{html.escape(label)}</text>'
+                    f'<text x="{x_of(value) + 4:.1f}" y="{y + slot / 2 + 4:.1f}">{_fmt(value)}</text>')
+    return _svg(title, xlabel, body)
 
 
 def _plots(stats: Dict[str, Any]) -> Dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
     throughput = {stage: s["per_s"] for stage, s in stats["stage_throughput"].items()}
     return {
         "tokens": _histogram_plot(stats["tokens_per_sample"], "tokens per sample", "Tokens per sample"),
@@ -159,9 +224,7 @@ def render_html(stats: Dict[str, Any]) -> str:
         for stage, t in stats["stage_throughput"].items()
     ]
     plots = _plots(stats)
-    figures = "".join(
-        f'<figure><img alt="{name}" src="data:image/png;base64,{data}"></figure>' for name, data in plots.items()
-    )
+    figures = "".join(f'<figure id="plot-{name}">{svg}</figure>' for name, svg in plots.items())
     top = [[d["count"], d["stage"], d["error_type"], d["message"]] for d in stats["top_dead_letter_messages"]]
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>mediabeam run report</title><style>"

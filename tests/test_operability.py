@@ -1,6 +1,5 @@
 """Operability: dead-letter retry, progress lines, metrics per stage, the run report."""
 
-import base64
 import glob
 import io
 import json
@@ -8,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from xml.etree import ElementTree
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -140,12 +140,21 @@ def test_report_json_matches_the_output(full_run):
 
 
 def test_report_html_is_self_contained_with_four_plots(full_run):
-    page = open(f"{full_run[0]}/report.html").read()
-    images = page.split('src="data:image/png;base64,')[1:]
-    assert len(images) == 4
-    for chunk in images:
-        png = Image.open(io.BytesIO(base64.b64decode(chunk.split('"', 1)[0])))
-        assert png.size[0] > 200 and png.size[1] > 100
+    out, summary = full_run
+    page = open(f"{out}/report.html").read()
+    report = json.load(open(f"{out}/report.json"))
+    figures = [chunk.split("</figure>", 1)[0] for chunk in page.split("<figure")[1:]]
+    assert len(figures) == 4
+    plots = {}
+    for figure in figures:
+        svg = ElementTree.fromstring(figure[figure.index("<svg"):])  # well-formed inline SVG
+        assert int(svg.get("width")) > 200 and int(svg.get("height")) > 100
+        plots[figure.split('id="plot-', 1)[1].split('"', 1)[0]] = svg
+    assert set(plots) == {"tokens", "bitrate", "throughput", "dead_letters"}
+    assert len(plots["tokens"].findall("polygon")) == len(summary["rows_by_modality"])  # one per modality
+    bars = [r for r in plots["dead_letters"].findall("rect") if r.find("title") is not None]
+    assert sorted(int(b.find("title").text.rsplit(": ", 1)[1]) for b in bars) == sorted(
+        report["dead_letters_by_reason"].values())
     assert "http://" not in page and "https://" not in page
 
 
