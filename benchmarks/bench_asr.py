@@ -3,8 +3,11 @@
 One run, everything side by side on the same machine state:
 
 1. Cache-aware ``step`` vs the buffered baseline (re-encode a sliding 10 s buffer every chunk and
-   keep the newest chunk's frames) with the same model at 1.12 s chunks (``[70,13]``): the large
-   config and the embedded default model.
+   keep the newest chunk's frames) with the same model at 1.12 s chunks (``[70,13]``), 1 thread:
+   the large config and the embedded default model, for one stream (B = 1) and for B = 8
+   streams served together (ms per stream per chunk). At B = 1 the large model's step is bound
+   by streaming its fp32 weights from memory for 14 new frames; batching amortises the weights
+   for both methods, leaving the work ratio.
 2. Large config (17 layers, d 512, 8 heads, random weights): ms per step and real-time factor
    at ``[70,13]`` and ``[70,0]`` on 1 thread.
 3. Concurrent real-time streams on 2 threads with batches of B = 1, 8, 32 streams per step:
@@ -68,11 +71,12 @@ def bench_step(op: StreamingASR, batch: int, repeats: int) -> Tuple[float, float
     return _timed(lambda: op.step(chunk, lengths, state), repeats)
 
 
-def bench_buffered(op: StreamingASR, buffer_s: float, repeats: int) -> Tuple[float, float]:
-    """Baseline: every chunk, re-encode the last ``buffer_s`` seconds and decode the newest chunk."""
+def bench_buffered(op: StreamingASR, buffer_s: float, repeats: int, batch: int = 1) -> Tuple[float, float]:
+    """Baseline: every chunk, re-encode the last ``buffer_s`` seconds of each of ``batch`` streams
+    and decode the newest chunk."""
     frames = int(round(buffer_s / MEL_HOP_S))
-    features = torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(1))
-    lengths = torch.tensor([frames])
+    features = torch.randn(batch, 80, frames, generator=torch.Generator().manual_seed(1))
+    lengths = torch.full((batch,), frames)
     chunk = op.chunk_sizes()[0]
 
     def once():
@@ -80,6 +84,20 @@ def bench_buffered(op: StreamingASR, buffer_s: float, repeats: int) -> Tuple[flo
         op.model.ctc_head(encoded[:, int(valid[0]) - chunk : int(valid[0])]).argmax(-1)
 
     return _timed(once, repeats)
+
+
+def compare(op: StreamingASR, batches, repeats: int) -> dict:
+    """Cache-aware step vs buffered 10 s re-encode for each batch size, in ms per stream."""
+    out = {}
+    for batch in batches:
+        step, step_cpu = bench_step(op, batch, repeats)
+        buffered, buffered_cpu = bench_buffered(op, 10.0, max(2, repeats // batch), batch)
+        out[f"B{batch}"] = {
+            "streams": batch, "cache_aware_ms": step / batch, "buffered_10s_ms": buffered / batch,
+            "speedup": buffered / step, "cache_aware_cpu_ms": step_cpu / batch,
+            "buffered_10s_cpu_ms": buffered_cpu / batch, "speedup_cpu": buffered_cpu / step_cpu,
+        }
+    return out
 
 
 def main(argv=None) -> dict:
@@ -96,12 +114,9 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(1)
     chunk_s = look13.chunk_sizes()[2] * MEL_HOP_S
-    step13, step13_cpu = bench_step(look13, 1, repeats)
-    buffered, buffered_cpu = bench_buffered(look13, 10.0, repeats)
-    report["cache_vs_buffered_1thread"] = {
-        "chunk_s": chunk_s, "cache_aware_ms": step13, "buffered_10s_ms": buffered, "speedup": buffered / step13,
-        "cache_aware_cpu_ms": step13_cpu, "buffered_10s_cpu_ms": buffered_cpu, "speedup_cpu": buffered_cpu / step13_cpu,
-    }
+    report["chunk_s"] = chunk_s
+    report["cache_vs_buffered_1thread"] = compare(look13, (1, 8), repeats)
+    step13, step13_cpu = (report["cache_vs_buffered_1thread"]["B1"][k] for k in ("cache_aware_ms", "cache_aware_cpu_ms"))
     step0, step0_cpu = bench_step(look0, 1, repeats * 4)
     report["large_1thread"] = {
         "70_13": {"ms_per_step": step13, "cpu_ms_per_step": step13_cpu, "audio_ms_per_step": chunk_s * 1e3,
@@ -111,14 +126,8 @@ def main(argv=None) -> dict:
     }
     if os.path.exists(EMBEDDED_MODEL):
         small = load_nemo(EMBEDDED_MODEL)
-        small_step, small_step_cpu = bench_step(small, 1, repeats * 3)
-        small_buf, small_buf_cpu = bench_buffered(small, 10.0, repeats * 3)
         report["cache_vs_buffered_embedded_1thread"] = {
-            "parameters": sum(p.numel() for p in small.model.parameters()), "chunk_s": chunk_s,
-            "cache_aware_ms": small_step, "buffered_10s_ms": small_buf, "speedup": small_buf / small_step,
-            "cache_aware_cpu_ms": small_step_cpu, "buffered_10s_cpu_ms": small_buf_cpu,
-            "speedup_cpu": small_buf_cpu / small_step_cpu,
-        }
+            "parameters": sum(p.numel() for p in small.model.parameters()), **compare(small, (1, 8), repeats * 3)}
     torch.set_num_threads(2)
     streams = {}
     for batch in (1, 8, 32):
@@ -132,15 +141,13 @@ def main(argv=None) -> dict:
     report["max_realtime_streams_70_13_cpu"] = max(v["realtime_streams_cpu"] for v in streams.values())
 
     print(f"{report['model']} ({params / 1e6:.1f} M parameters); wall ms (CPU ms)")
-    c = report["cache_vs_buffered_1thread"]
-    print(f"1.12 s chunk, 1 thread: cache-aware {c['cache_aware_ms']:.1f} ({c['cache_aware_cpu_ms']:.1f}) vs "
-          f"buffered 10 s {c['buffered_10s_ms']:.1f} ({c['buffered_10s_cpu_ms']:.1f}) -> "
-          f"{c['speedup']:.1f}x ({c['speedup_cpu']:.1f}x)")
-    if "cache_vs_buffered_embedded_1thread" in report:
-        e = report["cache_vs_buffered_embedded_1thread"]
-        print(f"embedded model ({e['parameters'] / 1e6:.2f} M), 1.12 s chunk, 1 thread: cache-aware "
-              f"{e['cache_aware_ms']:.2f} ({e['cache_aware_cpu_ms']:.2f}) vs buffered 10 s {e['buffered_10s_ms']:.2f} "
-              f"({e['buffered_10s_cpu_ms']:.2f}) -> {e['speedup']:.1f}x ({e['speedup_cpu']:.1f}x)")
+    for name in ("cache_vs_buffered_1thread", "cache_vs_buffered_embedded_1thread"):
+        for batch, c in report.get(name, {}).items():
+            if batch.startswith("B"):
+                print(f"{'large' if name == 'cache_vs_buffered_1thread' else 'embedded'} model, 1.12 s chunk, 1 thread, "
+                      f"{c['streams']} stream(s): cache-aware {c['cache_aware_ms']:.2f} ({c['cache_aware_cpu_ms']:.2f}) vs "
+                      f"buffered 10 s {c['buffered_10s_ms']:.2f} ({c['buffered_10s_cpu_ms']:.2f}) ms per stream -> "
+                      f"{c['speedup']:.1f}x ({c['speedup_cpu']:.1f}x)")
     for name, row in report["large_1thread"].items():
         print(f"[{name.replace('_', ',')}] 1 thread: {row['ms_per_step']:.1f} ({row['cpu_ms_per_step']:.1f}) per "
               f"{row['audio_ms_per_step']:.0f} ms of audio, RTF {row['rtf']:.3f} ({row['rtf_cpu']:.3f})")

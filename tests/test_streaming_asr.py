@@ -1,13 +1,16 @@
 """Cache-aware streaming FastConformer: streaming == offline, state handling, decoding, front end."""
 
+import copy
 import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from operators.asr_frontend import MelConfig, log_mel, mel_filterbank
+from operators.conformer_layers import PackedLinear
 from operators.streaming_asr import (
     CharVocabulary,
     RNNTConfig,
@@ -254,3 +257,23 @@ def test_mel_filterbank_is_slaney_normalised():
     centres = fb.argmax(dim=1)
     assert torch.all(centres[1:] >= centres[:-1])
     assert math.isclose(float(centres[-1]) * bin_hz, 7600, rel_tol=0.05)
+
+
+def test_prepacked_linear_matches_linear_and_follows_weight_updates():
+    torch.manual_seed(0)
+    layer = PackedLinear(64, 96)
+    x = torch.randn(3, 14, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        layer.load_state_dict({"weight": torch.randn(96, 64), "bias": torch.randn(96)})  # invalidates the memo
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        layer.weight.mul_(2.0)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        x64 = x.double()
+        assert torch.equal(layer.double()(x64), F.linear(x64, layer.weight, layer.bias))  # other dtypes: plain
+    layer = layer.float()
+    copied = copy.deepcopy(layer)  # the memo is dropped, not copied
+    assert "_packed" not in copied.__dict__
+    y = layer(x)  # gradients on: exactly nn.Linear, and differentiable
+    y.sum().backward()
+    assert torch.equal(y, F.linear(x, layer.weight, layer.bias)) and layer.weight.grad is not None
