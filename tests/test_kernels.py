@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from operators.kernels import device, kmeans, nearest, rvq
+from operators.kernels import device, kmeans, nearest, nearest_int8, rvq
+
+needs_vnni = pytest.mark.skipif(not nearest_int8.vnni_available(), reason="host CPU lacks AVX-512 VNNI")
 
 
 def _separated(rng, n, d, k):
@@ -14,15 +16,16 @@ def _separated(rng, n, d, k):
     return x, centroids
 
 
+@pytest.mark.parametrize("method", ["auto", "fp32"])
 @pytest.mark.parametrize(
     "n,d,k",
     [(1, 1, 1), (5, 3, 2), (47, 17, 63), (48, 64, 64), (49, 65, 65), (301, 130, 200), (97, 768, 129)],
 )
-def test_assign_matches_numpy(n, d, k):
+def test_assign_matches_numpy(n, d, k, method):
     rng = np.random.default_rng(n * 1000 + d + k)
     x = rng.standard_normal((n, d)).astype(np.float32)
     c = rng.standard_normal((k, d)).astype(np.float32)
-    idx, dist = nearest.assign(x, c)
+    idx, dist = nearest.assign(x, nearest.PackedCodebook(c, method=method))
     ref_idx, ref_dist = nearest.assign_reference(x, c)
     ref_at_ours = ((x.astype(np.float64) - c[idx]) ** 2).sum(1)
     # Chosen centroid is optimal up to float32 rounding, and usually the very same index.
@@ -40,10 +43,11 @@ def test_assign_exact_on_separated_data_and_packed_reuse():
     np.testing.assert_array_equal(nearest.nearest(x, packed, device="cpu")[0], idx)
 
 
-def test_ties_go_to_lowest_index():
+@pytest.mark.parametrize("method", ["auto", "fp32"])
+def test_ties_go_to_lowest_index(method):
     c = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], np.float32)
     x = np.tile(np.array([[1.0, 0.0]], np.float32), (70, 1))
-    idx, dist = nearest.assign(x, c)
+    idx, dist = nearest.assign(x, nearest.PackedCodebook(c, method=method))
     assert (idx == 0).all() and np.allclose(dist, 0.0)
 
 
@@ -57,6 +61,109 @@ def test_assign_rejects_bad_shapes():
         nearest.assign(np.zeros((3, 4), np.float32), np.zeros((2, 5), np.float32))
     with pytest.raises(ValueError, match="K > 0"):
         nearest.PackedCodebook(np.zeros((0, 4), np.float32))
+
+
+def _exact(x, c):
+    """Asserts the int8 path returns exactly the float64 reference argmin; returns its info."""
+    idx, dist, info = nearest.assign_info(x, nearest.PackedCodebook(c, method="int8"))
+    ref_idx, ref_dist = nearest.assign_reference(x, c)
+    assert info["path"] == "int8"
+    np.testing.assert_array_equal(idx, ref_idx)
+    with np.errstate(over="ignore"):
+        np.testing.assert_allclose(dist, ref_dist.astype(np.float32), rtol=1e-6, atol=1e-6 * (1 + ref_dist.max()))
+    return info
+
+
+@needs_vnni
+@pytest.mark.parametrize("n,d,k", [(1, 1, 1), (5, 3, 2), (47, 17, 63), (49, 65, 65), (301, 130, 200), (97, 768, 129)])
+def test_int8_path_is_exact_on_gaussian_data(n, d, k):
+    rng = np.random.default_rng(n * 1000 + d + k)
+    info = _exact(rng.standard_normal((n, d)).astype(np.float32), rng.standard_normal((k, d)).astype(np.float32))
+    assert 1 <= info["candidates"] <= k and info["second_pass_rows"] == info["fallback_rows"] == 0
+
+
+@needs_vnni
+def test_int8_path_is_exact_on_clustered_outlier_and_zero_data():
+    rng = np.random.default_rng(4)
+    x, c = _separated(rng, 300, 36, 90)
+    _exact(x, c)
+    x = rng.standard_normal((200, 36)).astype(np.float32)
+    c = rng.standard_normal((90, 36)).astype(np.float32)
+    x[::7] *= 1e4  # rows spanning 8 orders of magnitude
+    x[1::7] *= 1e-4
+    x[2::11, 5] = 3e3  # one huge coordinate: coarse int8 scale for the rest of the row
+    c[3, :4] *= 1e3
+    c[7] = 0.0
+    x[4] = 0.0
+    x[5] = c[11]
+    _exact(x, c)
+
+
+@needs_vnni
+def test_int8_path_breaks_duplicate_and_near_ties_by_float64():
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((40, 30)).astype(np.float32)
+    twin = base.copy()
+    twin[:, 0] = np.nextafter(twin[:, 0], np.float32(np.inf))  # distance gap ~1e-7: below fp32/int8 resolution
+    c = np.concatenate([base, twin, base])[rng.permutation(120)]
+    x = base[rng.integers(0, 40, 150)] + 0.3 * rng.standard_normal((150, 30)).astype(np.float32)
+    _exact(x, c)
+    x = np.tile(np.array([[1.0, 0.0, 2.0]], np.float32), (50, 1))
+    _exact(x, np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 2.0], [5.0, 1.0, 1.0], [1.0, 0.0, 2.0]], np.float32))
+
+
+@needs_vnni
+def test_int8_bounds_enclose_the_true_score():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((37, 45)).astype(np.float32) * 3
+    c = rng.standard_normal((70, 45)).astype(np.float32)
+    x[3] = 0.0
+    x[4] *= 1e3
+    c[5] = 0.0
+    c[6, :3] *= 1e4
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    score = (c64 * c64).sum(1)[None] - 2 * x64 @ c64.T
+    lower, upper = nearest_int8.bounds(x, nearest_int8.Int8Codebook(c))
+    each_upper = np.stack([nearest_int8.bounds(x, nearest_int8.Int8Codebook(c[j:j + 1]))[1] for j in range(70)], 1)
+    assert (lower <= score).all() and (each_upper >= score).all()
+    np.testing.assert_array_equal(upper, each_upper.min(1))
+    scale = np.linalg.norm(x64, axis=1)[:, None] * np.linalg.norm(c64, axis=1)[None]
+    assert np.median((each_upper - lower) / np.maximum(scale, 1e-30)) < 0.1  # and they are not vacuous
+
+
+@needs_vnni
+def test_int8_candidate_overflow_takes_second_pass_and_float64_fallback():
+    rng = np.random.default_rng(7)
+    c = np.concatenate([rng.standard_normal((20, 24)), np.ones((300, 24)), rng.standard_normal((20, 24))])
+    x = np.ones((60, 24), np.float32) + 0.01 * rng.standard_normal((60, 24)).astype(np.float32)
+    x[::2] = rng.standard_normal((30, 24)).astype(np.float32) * 3
+    info = _exact(x, c.astype(np.float32))  # 300 tied survivors overflow the 256-entry buffer
+    assert info["second_pass_rows"] >= 30 and info["fallback_rows"] == 0 and info["candidates"] > 100
+    x = rng.standard_normal((30, 8)).astype(np.float32)
+    x[3] *= np.float32(1e30)  # still within the filter's float32 range
+    x[4] = np.float32(3e38)  # ||x̃|| overflows float32: this row falls back
+    c = rng.standard_normal((70, 8)).astype(np.float32)
+    assert _exact(x, c)["fallback_rows"] == 1
+    huge = rng.standard_normal((50, 8)).astype(np.float32) * np.float32(1e20)  # ||c||² overflows float32
+    assert not nearest_int8.Int8Codebook(huge).finite
+    assert _exact(rng.standard_normal((30, 8)).astype(np.float32) * np.float32(1e20), huge)["fallback_rows"] == 30
+
+
+@needs_vnni
+def test_int8_and_fp32_paths_agree():
+    rng = np.random.default_rng(8)
+    x, c = _separated(rng, 250, 70, 150)
+    fast, fast_dist, info = nearest.assign_info(x, nearest.PackedCodebook(c, method="int8"))
+    slow, slow_dist, slow_info = nearest.assign_info(x, nearest.PackedCodebook(c, method="fp32"))
+    assert (info["path"], slow_info["path"]) == ("int8", "fp32")
+    np.testing.assert_array_equal(fast, slow)
+    np.testing.assert_allclose(fast_dist, slow_dist, rtol=1e-4, atol=1e-3)
+    assert nearest.PackedCodebook(c).method == "int8"
+
+
+def test_packed_codebook_rejects_unknown_method():
+    with pytest.raises(ValueError, match="method must be"):
+        nearest.PackedCodebook(np.ones((2, 3), np.float32), method="bf16")
 
 
 def test_update_sums_matches_numpy_and_is_split_independent():
