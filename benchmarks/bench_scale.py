@@ -4,6 +4,11 @@
    in-process runner for reference), alternating the runs so machine noise hits both: end
    to end, and in the processing phase (first to last sample read over all workers, from
    the ``Progress/Read.seen_at_ms`` metric), which leaves out the workers' start-up.
+   Per run it also prints when the first sample was read (start-up: graph, worker
+   processes, tokenizers), the seconds after the last one (last batches, shuffle, write)
+   and the CPU seconds of this process (launcher + runner) and of its children (workers,
+   ffmpeg). The default input, 2048 samples in 64 shards (~40 s on one worker), is a
+   small corpus job; the earlier default of 384 samples (~8 s) was mostly start-up.
 2. The ASR job's batching: plain ``beam.BatchElements`` (what RunInference does) vs
    ``BucketedRunInference`` on the same clips of mixed length: padding fraction (Beam
    metrics), clips/s and audio seconds per wall second, and whether the transcripts agree.
@@ -14,14 +19,16 @@
 The machine load (1-minute load average and the busiest other processes) is printed with
 the figures, since the 2-worker speed-up depends on free cores. Ends with one JSON line.
 
-Usage: python benchmarks/bench_scale.py [--shards 16 --samples-per-shard 24 --clips 96]
+Usage: python benchmarks/bench_scale.py [--shards 64 --samples-per-shard 32 --clips 96]
 """
 
 import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -29,9 +36,12 @@ import time
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import RunInference
+from apache_beam.pvalue import TaggedOutput
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from operators.base import first_member
 from operators.nemo_checkpoint import EMBEDDED_MODEL
+from operators.registry import DEFAULT_TOKENIZER_FOR_MODALITY, build_tokenizer
 from operators.streaming_asr import CharVocabulary, EncoderConfig, ModelConfig, StreamingASR, random_model
 from pipelines import build_corpus
 from pipelines.make_samples import write_sample_shards
@@ -39,6 +49,8 @@ from pipelines.operability import query_metrics
 from schemas.asr import AudioItem
 from transforms.asr import ASRModelHandler
 from transforms.bucketing import BucketedRunInference, MeasurePadding, PreBatchedModelHandler
+from transforms.read_shards import ReadShardFn
+from transforms.tokenize import MODALITY_ORDER, tokenize_sample
 
 RATE = 16_000
 LABELS = list(" abcdefghijklmnopqrstuvwxyz'")
@@ -52,44 +64,105 @@ def machine_load() -> dict:
 
 
 def corpus_run(shards, out: str, flags) -> dict:
+    """One corpus job; returns its summary plus the CPU seconds of this process (launcher and
+    runner: control and data plane, shuffles) and of its children (SDK workers and their
+    ffmpeg processes; ffmpeg only when in-process)."""
     shutil.rmtree(out, ignore_errors=True)
+    before_self, before_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     with contextlib.redirect_stdout(io.StringIO()):
-        return build_corpus.run(["--input", *shards, "--output", out, "--no-report",
-                                 "--progress-interval", "3600", *flags])
+        summary = build_corpus.run(["--input", *shards, "--output", out, "--no-report",
+                                    "--progress-interval", "3600", *flags])
+    after_self, after_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    def cpu(after, before) -> float:
+        return round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)
+
+    summary["runner_cpu_s"] = cpu(after_self, before_self)
+    summary["children_cpu_s"] = cpu(after_children, before_children)
+    return summary
 
 
-def bench_corpus_workers(workdir: str, num_shards: int, per_shard: int, repeats: int) -> dict:
+def tokenize_shards(shards) -> float:
+    """Reads and tokenizes shards with the job's own code, no Beam; returns the seconds taken
+    (imports and tokenizer construction excluded)."""
+    tokenizers = {modality: build_tokenizer(name) for modality, name in DEFAULT_TOKENIZER_FOR_MODALITY.items()}
+    reader = ReadShardFn()
+    start = time.perf_counter()
+    for shard in shards:
+        for sample in reader.process(shard):
+            if isinstance(sample, TaggedOutput):
+                continue
+            modality = next((m for m in MODALITY_ORDER if m in tokenizers and first_member(sample.members, m)), None)
+            if modality is not None:
+                tokenize_sample(tokenizers[modality], sample)
+    return time.perf_counter() - start
+
+
+def workload_ceiling(shards) -> dict:
+    """How much faster two plain processes tokenize than one on this machine, without Beam.
+
+    Two halves of ``shards`` are tokenized one after the other in one process, then at the
+    same time in two processes. The ratio bounds what any runner can get from 2 workers on
+    this workload here: with one process, its ffmpeg children already use a little of the
+    second core, and two processes share the machine's caches and any other load.
+    """
+    halves = [shards[0::2], shards[1::2]]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:  # both processes start (and import) now
+        alone = [pool.apply(tokenize_shards, (half,)) for half in halves]
+        together = pool.map(tokenize_shards, halves, chunksize=1)
+    return {"shards": len(shards), "one_process_s": round(sum(alone), 2), "two_processes_s": round(max(together), 2),
+            "speedup": round(sum(alone) / max(together), 3)}
+
+
+def bench_corpus_workers(workdir: str, num_shards: int, per_shard: int, repeats: int, ceiling_shards: int) -> dict:
     info = write_sample_shards(os.path.join(workdir, "shards"), num_shards=num_shards,
                                samples_per_shard=per_shard, seed=11)
     shards = sorted(info["shards"])
+    ceiling = workload_ceiling(shards[:ceiling_shards])
+    print(f"  tokenization without Beam, {ceiling['shards']} shards: one process {ceiling['one_process_s']}s, "
+          f"two processes {ceiling['two_processes_s']}s = {ceiling['speedup']}x (this machine's ceiling for "
+          f"2 workers; load {os.getloadavg()[0]:.1f})", flush=True)
     modes = {
         "in_process": [],
         "mp_1_worker": ["--direct_running_mode=multi_processing", "--direct_num_workers=1"],
         "mp_2_workers": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
     }
-    rates = {m: [] for m in modes}
-    phase = {m: [] for m in modes}
+    runs = {m: [] for m in modes}
     load = []
     for _ in range(repeats):
         for mode, flags in modes.items():
             load.append(os.getloadavg()[0])
             summary = corpus_run(shards, os.path.join(workdir, mode), flags)
-            rates[mode].append(summary["records"] / summary["wall_s"])
             read = summary["stage_throughput"]["Read"]  # first to last sample read, all workers
-            phase[mode].append(read["elements"] / max(read["last_s"] - read["first_s"], 1e-3))
-            print(f"  corpus {mode:13s} {summary['records']} samples in {summary['wall_s']:.1f}s "
-                  f"= {rates[mode][-1]:.1f} samples/s end to end, {phase[mode][-1]:.1f} samples/s while "
-                  f"reading+tokenizing (first sample at {read['first_s']:.1f}s; load {load[-1]:.1f})", flush=True)
-    best = {m: max(r) for m, r in rates.items()}
-    best_phase = {m: max(r) for m, r in phase.items()}
+            run = {
+                "wall_s": summary["wall_s"],
+                "samples_per_s": round(summary["records"] / summary["wall_s"], 2),
+                "processing_phase_samples_per_s": round(read["elements"] / max(read["last_s"] - read["first_s"], 1e-3), 2),
+                "first_sample_s": read["first_s"],  # start-up: graph, workers, model loading
+                "after_last_sample_s": round(summary["wall_s"] - read["last_s"], 2),  # last batches, shuffle, write
+                "runner_cpu_s": summary["runner_cpu_s"], "children_cpu_s": summary["children_cpu_s"],
+                "loadavg": round(load[-1], 2),
+            }
+            runs[mode].append(run)
+            print(f"  corpus {mode:13s} {summary['records']} samples in {run['wall_s']:.1f}s "
+                  f"= {run['samples_per_s']:.1f} samples/s end to end, {run['processing_phase_samples_per_s']:.1f} "
+                  f"samples/s while reading+tokenizing (first sample at {run['first_sample_s']:.1f}s, "
+                  f"{run['after_last_sample_s']:.1f}s after the last; CPU runner {run['runner_cpu_s']:.1f}s, "
+                  f"children {run['children_cpu_s']:.1f}s; load {run['loadavg']:.1f})", flush=True)
+    best = {m: max(r, key=lambda run: run["samples_per_s"]) for m, r in runs.items()}
+    best_phase = {m: max(run["processing_phase_samples_per_s"] for run in r) for m, r in runs.items()}
     return {
-        "samples": sum(info["shards"].values()), "shards": num_shards,
-        "samples_per_s_best": {m: round(v, 2) for m, v in best.items()},
-        "processing_phase_samples_per_s_best": {m: round(v, 2) for m, v in best_phase.items()},
-        "speedup_2_vs_1_workers": round(best["mp_2_workers"] / best["mp_1_worker"], 3),
+        "samples": sum(info["shards"].values()), "shards": num_shards, "repeats": repeats,
+        "samples_per_s_best": {m: b["samples_per_s"] for m, b in best.items()},
+        "processing_phase_samples_per_s_best": best_phase,
+        "first_sample_s_of_best": {m: b["first_sample_s"] for m, b in best.items()},
+        "speedup_2_vs_1_workers": round(best["mp_2_workers"]["samples_per_s"] / best["mp_1_worker"]["samples_per_s"], 3),
         "speedup_2_vs_1_workers_processing_phase": round(best_phase["mp_2_workers"] / best_phase["mp_1_worker"], 3),
-        "speedup_2_workers_vs_in_process": round(best["mp_2_workers"] / best["in_process"], 3),
+        "speedup_2_workers_vs_in_process": round(
+            best["mp_2_workers"]["samples_per_s"] / best["in_process"]["samples_per_s"], 3),
         "loadavg_during": round(float(np.mean(load)), 2),
+        "tokenize_without_beam_2_vs_1_processes": ceiling,
+        "runs": runs,
     }
 
 
@@ -180,11 +253,13 @@ def bench_asr_batching(workdir: str, num_clips: int, max_batch_size: int, repeat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shards", type=int, default=16)
-    parser.add_argument("--samples-per-shard", type=int, default=24)
+    parser.add_argument("--shards", type=int, default=64)
+    parser.add_argument("--samples-per-shard", type=int, default=32)
     parser.add_argument("--clips", type=int, default=96)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="runs per corpus mode (best kept)")
+    parser.add_argument("--ceiling-shards", type=int, default=16,
+                        help="shards tokenized without Beam by one vs two processes (the machine's ceiling)")
     parser.add_argument("--asr-repeats", type=int, default=1, help="runs per batching mode (best kept)")
     parser.add_argument("--workdir", default="/tmp/bench_scale")
     args = parser.parse_args()
@@ -192,7 +267,8 @@ def main() -> None:
     os.makedirs(args.workdir)
     before = machine_load()
     print(f"machine before: {before}", flush=True)
-    corpus = bench_corpus_workers(args.workdir, args.shards, args.samples_per_shard, args.repeats)
+    corpus = bench_corpus_workers(args.workdir, args.shards, args.samples_per_shard, args.repeats,
+                                  args.ceiling_shards)
     print(f"corpus: 2 workers / 1 worker = {corpus['speedup_2_vs_1_workers']}x end to end, "
           f"{corpus['speedup_2_vs_1_workers_processing_phase']}x while processing (target >= 1.8x); "
           f"{corpus['samples_per_s_best']}", flush=True)

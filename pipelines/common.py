@@ -7,7 +7,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.portability.api import beam_provision_api_pb2
+
+WORKER_PLUGIN = "pipelines.worker_plugin"
 
 
 class ConfigError(SystemExit):
@@ -42,14 +45,24 @@ def create_pipeline(
     """Returns ``test_pipeline`` if given, else a pipeline on the chosen runner.
 
     With no ``--runner`` the in-process ``FnApiRunner`` is used: the DirectRunner would
-    first try to download the Prism runner, which needs the network.
+    first try to download the Prism runner, which needs the network. Every SDK worker
+    imports ``pipelines.worker_plugin`` at start-up (``--beam_plugins``), which keeps
+    torch out of workers that do not use it.
     """
     if test_pipeline is not None:
         return test_pipeline
+    setup = options.view_as(SetupOptions)
+    setup.beam_plugins = list(dict.fromkeys([*(setup.beam_plugins or []), WORKER_PLUGIN]))
     if options.view_as(StandardOptions).runner is None:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
+        from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-        return beam.Pipeline(runner=FnApiRunner(), options=options)
+        # The FnApiRunner hands its workers no pipeline options unless told to; give them
+        # the job's, as portable runners do (``--beam_plugins`` among them).
+        worker_options = JobServiceHandle.encode_pipeline_options(options.get_all_options(drop_default=True))
+        provision = ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=worker_options))
+        return beam.Pipeline(runner=FnApiRunner(provision_info=provision), options=options)
     return beam.Pipeline(options=options)
 
 

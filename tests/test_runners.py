@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
 
@@ -72,6 +73,40 @@ def test_multi_processing_two_workers_matches_in_process(shards, reference, tmp_
     _same_outputs(out, reference)
     assert summary["tokens"] == reference[1]["tokens"]
     assert summary["stage_throughput"]["Read"]["elements"] == reference[1]["stage_throughput"]["Read"]["elements"]
+
+
+def test_multi_processing_workers_load_the_plugin_and_skip_torch():
+    """``create_pipeline`` hands the job's options to ``multi_processing`` workers, so each
+    imports ``pipelines.worker_plugin`` at start-up and RunInference comes without torch."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.common import create_pipeline
+
+    def _worker_imports(_) -> dict:  # nested: pickled by value, the worker cannot import tests
+        import transforms.tokenize  # noqa: F401  (RunInference, as unpickling the job imports it)
+
+        return {"torch": "torch" in sys.modules, "plugin": "pipelines.worker_plugin" in sys.modules}
+
+    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=1"])
+    pipeline = create_pipeline(options)
+    found = pipeline | "One" >> beam.Create([0]) | "Imports" >> beam.Map(_worker_imports)
+    assert_that(found, equal_to([{"torch": False, "plugin": True}]))
+    pipeline.run().wait_until_finish()
+
+
+def test_worker_plugin_defers_torch_until_model_manager_is_used():
+    code = (
+        "import sys, pipelines.worker_plugin, transforms.tokenize\n"
+        "from apache_beam.ml.inference.base import RunInference\n"
+        "assert 'torch' not in sys.modules, 'RunInference imported torch'\n"
+        "import apache_beam.ml.inference.base as base\n"
+        "assert base._get_current_process_memory_in_bytes() > 0\n"
+        "from apache_beam.ml.inference.model_manager import ModelManager\n"
+        "assert 'torch' in sys.modules and ModelManager is not None\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def _free_port() -> int:

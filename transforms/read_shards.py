@@ -187,9 +187,10 @@ class ReadMediaShards(beam.PTransform):
         self._max_member_bytes = max_member_bytes
 
     def expand(self, pbegin):
+        # One shuffle spreads the shards over the workers; Create's own would add a stage.
         return (
             pbegin
-            | "ListShards" >> beam.Create(self._sources)
+            | "ListShards" >> beam.Create(self._sources, reshuffle=False)
             | "SpreadShards" >> beam.Reshuffle()
             | "ReadShards"
             >> beam.ParDo(ReadShardFn(self._max_member_bytes)).with_outputs(
