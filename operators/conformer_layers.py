@@ -67,6 +67,8 @@ def _can_prepack() -> bool:
 
 
 _PREPACK = _can_prepack()
+_PACK_MIN_WEIGHTS = 1 << 18  # 512×512: below this, the packed call's overhead outweighs it
+_PACK_MIN_ROWS = 4  # fewer rows are matrix-vector products, which F.linear does without repacking
 
 
 class _Prepacked:
@@ -76,13 +78,17 @@ class _Prepacked:
     batch 1 it is bound by reading the weights; ``F.linear`` repacks each matrix on every call,
     which doubles that traffic (measured: 4.1 vs 8.2 GB/s effective on one core). The packed
     copies are a memo of the weights (keyed by storage and version, so ``load_state_dict`` or an
-    optimizer step invalidates them) and are never saved or pickled. With gradients on, or for
-    other dtypes and devices, it is exactly ``F.linear``. Results match ``F.linear`` to float32
-    rounding.
+    optimizer step invalidates them) and are never saved or pickled. The oneDNN call costs
+    ~15 µs more than ``F.linear``, so small matrices (the embedded model's) and matrix-vector
+    products (1–2 rows, e.g. a ``[70,0]`` step) keep ``F.linear``; so do gradients, other dtypes
+    and devices. Results match ``F.linear`` to float32 rounding.
     """
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        if not _PREPACK or torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu":
+        if (
+            not _PREPACK or torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu"
+            or weight.numel() < _PACK_MIN_WEIGHTS or x.numel() < _PACK_MIN_ROWS * x.shape[-1]
+        ):
             return F.linear(x, weight, bias)
         key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
         memo = self.__dict__.setdefault("_packed", {})

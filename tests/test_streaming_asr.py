@@ -261,14 +261,19 @@ def test_mel_filterbank_is_slaney_normalised():
 
 def test_prepacked_linear_matches_linear_and_follows_weight_updates():
     torch.manual_seed(0)
-    layer = PackedLinear(64, 96)
-    x = torch.randn(3, 14, 64)
+    layer = PackedLinear(512, 512)
+    x = torch.randn(3, 14, 512)
     with torch.no_grad():
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
-        layer.load_state_dict({"weight": torch.randn(96, 64), "bias": torch.randn(96)})  # invalidates the memo
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
+        assert layer.__dict__.get("_packed")  # the packed path ran
+        layer.load_state_dict({"weight": torch.randn(512, 512), "bias": torch.randn(512)})  # invalidates the memo
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
         layer.weight.mul_(2.0)
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
+        vector = x[:1, :1]  # one row: a matrix-vector product stays with F.linear
+        assert torch.equal(layer(vector), F.linear(vector, layer.weight, layer.bias))
+        small = PackedLinear(64, 96)  # small matrices too
+        assert torch.equal(small(x[..., :64]), F.linear(x[..., :64], small.weight, small.bias))
         x64 = x.double()
         assert torch.equal(layer.double()(x64), F.linear(x64, layer.weight, layer.bias))  # other dtypes: plain
     layer = layer.float()
