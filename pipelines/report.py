@@ -89,7 +89,8 @@ def report_stats(output_dir: str, summary: Dict[str, Any], throughput: Dict[str,
 
 _WIDTH, _HEIGHT = 560, 300
 _LEFT, _RIGHT, _TOP, _BOTTOM = 150, 40, 34, 46
-_PALETTE = ("#4878a8", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+_PALETTE = ("#8172b3", "#937860", "#c44e52")
+_MODALITY_COLORS = {"audio": "#4878a8", "image": "#dd8452", "video": "#55a868"}  # the same in every plot
 
 
 def _nice_step(span: float, count: int) -> float:
@@ -162,7 +163,7 @@ def _histogram_plot(distributions: Dict[str, Dict[str, Any]], xlabel: str, title
     first = np.ceil(low / step) * step
     body += _x_axis([float(v) for v in np.arange(first, high + step * 1e-9, step)], x_of, lines=False)
     for i, (modality, hist) in enumerate(hists.items()):
-        color = _PALETTE[i % len(_PALETTE)]
+        color = _MODALITY_COLORS.get(modality, _PALETTE[i % len(_PALETTE)])
         points = [f"{x_of(hist['edges'][0]):.1f},{y_of(0):.1f}"]
         for count, left, right in zip(hist["counts"], hist["edges"], hist["edges"][1:]):
             points += [f"{x_of(left):.1f},{y_of(count):.1f}", f"{x_of(right):.1f},{y_of(count):.1f}"]

@@ -2,6 +2,8 @@
 
 Numba's auto-vectoriser does not find a GEMM-style register blocking by itself, so the
 micro-kernels emit explicit ``<16 x T>`` vector IR from ``@intrinsic`` code generators.
+Numba's on-disk cache (``cache=True``) is keyed by the file of the compiled function, not by
+this one: after editing this file, delete the ``__pycache__/nearest*.nb*`` entries.
 """
 
 from typing import Callable
