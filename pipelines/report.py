@@ -89,6 +89,7 @@ def report_stats(output_dir: str, summary: Dict[str, Any], throughput: Dict[str,
 
 _WIDTH, _HEIGHT = 560, 300
 _LEFT, _RIGHT, _TOP, _BOTTOM = 150, 40, 34, 46
+_PLOT_W, _PLOT_H = _WIDTH - _LEFT - _RIGHT, _HEIGHT - _TOP - _BOTTOM
 _PALETTE = ("#8172b3", "#937860", "#c44e52")
 _MODALITY_COLORS = {"audio": "#4878a8", "image": "#dd8452", "video": "#55a868"}  # the same in every plot
 
@@ -145,20 +146,19 @@ def _histogram_plot(distributions: Dict[str, Dict[str, Any]], xlabel: str, title
     high = high if high > low else low + 1.0
     top = max([max(h["counts"]) for h in hists.values() if h["counts"]] or [1])
     y_ticks = _ticks(top, 4)
-    plot_w, plot_h = _WIDTH - _LEFT - _RIGHT, _HEIGHT - _TOP - _BOTTOM
 
     def x_of(v: float) -> float:
-        return _LEFT + (v - low) / (high - low) * plot_w
+        return _LEFT + (v - low) / (high - low) * _PLOT_W
 
     def y_of(v: float) -> float:
-        return _HEIGHT - _BOTTOM - v / y_ticks[-1] * plot_h
+        return _HEIGHT - _BOTTOM - v / y_ticks[-1] * _PLOT_H
 
     body = []
     for t in y_ticks:
         body.append(f'<line x1="{_LEFT}" y1="{y_of(t):.1f}" x2="{_WIDTH - _RIGHT}" y2="{y_of(t):.1f}" stroke="#e4e4e4"/>'
                     f'<text x="{_LEFT - 6}" y="{y_of(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
-    body.append(f'<text x="{_LEFT - 40}" y="{_TOP + plot_h / 2}" text-anchor="middle" '
-                f'transform="rotate(-90 {_LEFT - 40} {_TOP + plot_h / 2})">samples</text>')
+    body.append(f'<text x="{_LEFT - 40}" y="{_TOP + _PLOT_H / 2}" text-anchor="middle" '
+                f'transform="rotate(-90 {_LEFT - 40} {_TOP + _PLOT_H / 2})">samples</text>')
     step = _nice_step(high - low, 5)
     first = np.ceil(low / step) * step
     body += _x_axis([float(v) for v in np.arange(first, high + step * 1e-9, step)], x_of, lines=False)
@@ -179,13 +179,12 @@ def _histogram_plot(distributions: Dict[str, Dict[str, Any]], xlabel: str, title
 def _bar_plot(values: Dict[str, float], xlabel: str, title: str, color: str) -> str:
     """Horizontal bars, one per key, labelled with the key and the value."""
     ticks = _ticks(max(list(values.values()) + [0.0]))
-    plot_w, plot_h = _WIDTH - _LEFT - _RIGHT, _HEIGHT - _TOP - _BOTTOM
 
     def x_of(v: float) -> float:
-        return _LEFT + v / ticks[-1] * plot_w
+        return _LEFT + v / ticks[-1] * _PLOT_W
 
     body = _x_axis(ticks, x_of, lines=True)
-    slot = min(plot_h / max(len(values), 1), 36.0)
+    slot = min(_PLOT_H / max(len(values), 1), 36.0)
     for i, (name, value) in enumerate(values.items()):
         y = _TOP + i * slot
         label = name if len(name) <= 24 else name[:23] + "…"

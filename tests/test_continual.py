@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from continual_helpers import stepped
 from operators.continual import (
     CausalSqueezeExcitation,
     CoConv3d,
@@ -26,24 +27,12 @@ def _stream(batch=2, channels=3, frames=12, size=6, seed=0):
     return torch.randn(batch, channels, frames, size, size, generator=g)
 
 
-def _stepped(co, stream):
-    """Outputs of every step, and the index of the step that gave the first output."""
-    state = co.init_state(stream.shape[0])
-    outs, first = [], None
-    for t in range(stream.shape[2]):
-        y, state = co.step(stream[:, :, t], state)
-        if y is not None:
-            first = t if first is None else first
-            outs.append(y)
-    return torch.stack(outs, dim=2), first
-
-
 def _check_equivalent(module, stream):
     module.eval()
     co = from_module(module)
     with torch.no_grad():
         ref = module(stream)
-        got, first = _stepped(co, stream)
+        got, first = stepped(co, stream)
     assert first == co.delay
     n = got.shape[2]
     assert n >= 1 and n <= ref.shape[2]
@@ -114,7 +103,7 @@ def test_fuse_folds_batchnorm_and_keeps_outputs():
     names = [type(m).__name__ for m in co.modules()]
     assert "CoBatchNorm" not in names
     with torch.no_grad():
-        got, first = _stepped(co, stream)
+        got, first = stepped(co, stream)
         ref = net(stream)
     assert first == co.delay == 2
     torch.testing.assert_close(got, ref[:, :, : got.shape[2]], **TOL)
@@ -151,7 +140,7 @@ def test_causal_se_and_sliding_global_pool():
     stream = _stream(frames=13)
     with torch.no_grad():
         ref = module(stream)
-        got, first = _stepped(co, stream)
+        got, first = stepped(co, stream)
     assert first == co.delay == 1 + 2
     torch.testing.assert_close(got, ref[:, :, : got.shape[2]], **TOL)
 
@@ -239,7 +228,7 @@ def test_state_numpy_round_trip_continues_the_stream():
     co = from_module(net)
     stream = _stream(frames=10)
     with torch.no_grad():
-        ref, _ = _stepped(co, stream)
+        ref, _ = stepped(co, stream)
         state = co.init_state(2)
         outs = []
         for t in range(stream.shape[2]):
@@ -264,9 +253,9 @@ def test_from_module_shares_weights():
     assert co.layers[0].conv.weight is conv.weight and co.layers[1].bn is net[1]
     stream = _stream(frames=5)
     with torch.no_grad():
-        before, _ = _stepped(co, stream)
+        before, _ = stepped(co, stream)
         conv.weight.mul_(2.0)  # a later update of the trained module shows in the continual one
-        after, _ = _stepped(co, stream)
+        after, _ = stepped(co, stream)
         torch.testing.assert_close(after, net(stream)[:, :, : after.shape[2]], **TOL)
     assert not torch.allclose(before, after)
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from continual_helpers import stepped
 from operators.x3d import co_x3d, create_x3d, load_x3d, x3d_m, x3d_s
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -68,14 +69,7 @@ def test_cox3d_stepped_equals_offline(window, fused):
     stream = torch.randn(2, 3, 18, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = net.forward_frames(stream)
-        state = co.init_state(2)
-        outs, first = [], None
-        for t in range(stream.shape[2]):
-            y, state = co.step(stream[:, :, t], state)
-            if y is not None:
-                first = t if first is None else first
-                outs.append(y)
-    got = torch.stack(outs, dim=2)
+        got, first = stepped(co, stream)
     # Delay: stem temporal conv (5, pad 2) and every 3x3x3 conv (pad 1) are 2 + depth frames
     # behind the input, and the head pool needs window - 1 more.
     assert first == co.delay

@@ -57,7 +57,6 @@ outer loops are ordinary ``prange`` Numba code.
 
 from typing import Dict, Tuple, Union
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -66,13 +65,11 @@ from numba.extending import intrinsic
 
 from operators.kernels import nearest_int8
 from operators.kernels.device import resolve
-from operators.kernels.tiles import LANES, TW, VECTORS, register_tile, splat, vector_ptr
+from operators.kernels.tiles import (
+    LANES, MT, TW, VECTORS, P, blocks_per_group, panels_per_chunk, register_tile, splat, vector_ptr,
+)
 
-P = 6
-MT = 8
-DC = 128
-L2_BUDGET = 1 << 20
-MAX_GROUP = 16
+DC = 128  # floats of the feature dimension per L1-resident panel chunk
 
 
 @intrinsic
@@ -272,8 +269,8 @@ def _assign_fp32(x: np.ndarray, packed: PackedCodebook) -> Tuple[np.ndarray, np.
     idx = np.empty(n, np.int32)
     dist = np.empty(n, np.float32)
     main = n - n % block
-    chunk = max(1, L2_BUDGET // packed.panels[0].nbytes)
-    group = int(min(MAX_GROUP, max(1, main // block // (4 * numba.get_num_threads()))))
+    chunk = panels_per_chunk(packed.panels[0].nbytes)
+    group = blocks_per_group(main // block)
     if main:
         _assign_blocks(x[:main], packed.panels, packed.norms, group, chunk, idx[:main], dist[:main])
     if main < n:

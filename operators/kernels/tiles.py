@@ -8,12 +8,31 @@ this one: after editing this file, delete the ``__pycache__/nearest*.nb*`` entri
 
 from typing import Callable
 
+import numba
 from llvmlite import ir
 from numba.core import cgutils
 
 LANES = 16  # 32-bit lanes in one AVX-512 register
 VECTORS = 4  # registers per tile row: a panel of 64 centroids
 TW = LANES * VECTORS
+P = 6  # query rows per register tile: P × VECTORS accumulators
+MT = 8  # register tiles that reuse one L1-resident chunk of a panel
+L2_BUDGET = 1 << 20  # bytes of codebook panels walked by a group of blocks at a time
+MAX_GROUP = 16  # most blocks of P·MT rows in one group
+
+
+def panels_per_chunk(panel_bytes: int) -> int:
+    """Panels in one L2-sized chunk of the codebook walk."""
+    return max(1, L2_BUDGET // panel_bytes)
+
+
+def blocks_per_group(nblocks: int, max_group: int = MAX_GROUP) -> int:
+    """Blocks of P·MT rows per group: several groups per thread, at most ``max_group``.
+
+    A group runs every one of its blocks against a chunk of panels before the next chunk, so a
+    large codebook is read from memory once per group rather than once per block.
+    """
+    return int(min(max_group, max(1, nblocks // (4 * numba.get_num_threads()))))
 
 
 def vector_ptr(builder, base, offset, vty):
