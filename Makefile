@@ -38,7 +38,7 @@ bench: install
 # Re-creates the shipped defaults in operators/assets from generated data (slow: ~1 h on 2 cores).
 assets: install
 	$(VENV)/bin/mediabeam make-tokenizer-assets
-	$(PY) -m operators.split_compute
+	$(PY) -m operators.compression.split_compute
 	command -v espeak-ng >/dev/null || (apt-get update && apt-get install -y espeak-ng)
 	$(VENV)/bin/mediabeam train-asr
 

@@ -28,8 +28,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from operators.nemo_checkpoint import EMBEDDED_MODEL, load_nemo  # noqa: E402
-from operators.streaming_asr import CharVocabulary, EncoderConfig, ModelConfig, StreamingASR, random_model  # noqa: E402
+from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo  # noqa: E402
+from operators.asr.streaming import CharVocabulary, EncoderConfig, ModelConfig, StreamingASR, random_model  # noqa: E402
 
 LARGE = EncoderConfig(n_layers=17, d_model=512, n_heads=8, subsampling_conv_channels=256)
 MEL_HOP_S = 0.01

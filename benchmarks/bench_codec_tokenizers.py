@@ -14,9 +14,9 @@ from typing import Callable, List
 import numpy as np
 from PIL import Image, ImageOps
 
-from operators.media_decode import decode_audio
-from operators.registry import build_tokenizer
-from pipelines.make_samples import synthetic_audio, synthetic_image, synthetic_video
+from operators.media.decode import decode_audio
+from operators.tokenizers.registry import build_tokenizer
+from pipelines.tools.make_samples import synthetic_audio, synthetic_image, synthetic_video
 
 
 def _rate(function: Callable[[bytes], object], items: List[bytes], repeats: int = 1) -> float:

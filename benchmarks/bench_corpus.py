@@ -23,10 +23,10 @@ import time
 import numpy as np
 from PIL import Image
 
-from operators.media_decode import decode_audio, ffmpeg_binary, probe
-from operators.registry import build_tokenizer
+from operators.media.decode import decode_audio, ffmpeg_binary, probe
+from operators.tokenizers.registry import build_tokenizer
 from pipelines import build_corpus
-from pipelines.make_samples import synthetic_audio, synthetic_video, write_tar
+from pipelines.tools.make_samples import synthetic_audio, synthetic_video, write_tar
 
 
 def make_images(n: int, rng: np.random.Generator) -> list:

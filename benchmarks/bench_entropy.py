@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import zstandard
 
-from operators.entropy_prior import EntropyPrior, count_symbols, empirical_entropy
+from operators.compression.priors import EntropyPrior, count_symbols, empirical_entropy
 from operators.kernels.rans import rans_decode, rans_encode
-from operators.quantize import calibrate_uniform, feature_stats, quantize_uniform
-from operators.split_compute import head, load_model, synthetic_images
+from operators.compression.quantize import calibrate_uniform, feature_stats, quantize_uniform
+from operators.compression.split_compute import head, load_model, synthetic_images
 
 CODERS = ("ours", "ours_per_channel", "constriction", "zstd3", "zstd19")
 TARGETS = {"overhead_pct": 0.1, "encode_vs_constriction": 1.5, "decode_vs_constriction": 5.0}

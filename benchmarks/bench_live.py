@@ -32,9 +32,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from operators.live_asr import random_live_asr
-from operators.nemo_checkpoint import EMBEDDED_MODEL, save_nemo
-from pipelines.send import audio_frames, connect
+from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, save_nemo
+from operators.asr.stream_engine import random_live_asr
+from pipelines.tools.send import audio_frames, connect
 from schemas.live import encode_frame
 
 CHUNK_SECONDS = 1.12

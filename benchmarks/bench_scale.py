@@ -12,7 +12,7 @@
 2. The ASR job's batching: plain ``beam.BatchElements`` (what RunInference does) vs
    ``BucketedRunInference`` on the same clips of mixed length: padding fraction (Beam
    metrics), clips/s and audio seconds per wall second, and whether the transcripts agree.
-   The model is ``operators.streaming_asr`` (FastConformer, CTC head) with the embedded
+   The model is ``operators.asr.streaming`` (FastConformer, CTC head) with the embedded
    checkpoint when it exists, else the same operator with random weights at the size
    chosen below (same cost shape; transcripts are then meaningless but comparable).
 
@@ -39,17 +39,17 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from operators.base import first_member
-from operators.nemo_checkpoint import EMBEDDED_MODEL
-from operators.registry import DEFAULT_TOKENIZER_FOR_MODALITY, build_tokenizer
-from operators.streaming_asr import CharVocabulary, EncoderConfig, ModelConfig, StreamingASR, random_model
+from operators.asr.nemo_checkpoint import EMBEDDED_MODEL
+from operators.asr.streaming import CharVocabulary, EncoderConfig, ModelConfig, StreamingASR, random_model
+from operators.tokenizers.base import first_member
+from operators.tokenizers.registry import DEFAULT_TOKENIZER_FOR_MODALITY, build_tokenizer
 from pipelines import build_corpus
-from pipelines.make_samples import write_sample_shards
 from pipelines.operability import query_metrics
+from pipelines.tools.make_samples import write_sample_shards
 from schemas.asr import AudioItem
 from transforms.asr import ASRModelHandler
 from transforms.bucketing import BucketedRunInference, MeasurePadding, PreBatchedModelHandler
-from transforms.read_shards import ReadShardFn
+from transforms.io.read_shards import ReadShardFn
 from transforms.tokenize import MODALITY_ORDER, tokenize_sample
 
 RATE = 16_000

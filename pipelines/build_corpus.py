@@ -24,16 +24,28 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from operators.registry import DEFAULT_TOKENIZER_FOR_MODALITY, TOKENIZERS, build_tokenizer, tokenizer_modality
+from operators.tokenizers.registry import (
+    DEFAULT_TOKENIZER_FOR_MODALITY,
+    TOKENIZERS,
+    build_tokenizer,
+    tokenizer_modality,
+)
 from pipelines.common import ConfigError, create_pipeline, expand_inputs, parse_job_args
 from pipelines.operability import ProgressMonitor, output_progress, run_pipeline, stage_throughput
 from pipelines.report import write_report
 from transforms.errors import DEAD_LETTER_TAG
+from transforms.io.read_shards import ReadMediaShards, ShardStats
+from transforms.io.retry import KeepKeys, LoadCorpusRows, dead_letter_keys
+from transforms.io.write_shards import (
+    FORMATS,
+    WriteCorpusShards,
+    manifest_path,
+    read_manifests,
+    shard_stem,
+    write_atomic,
+)
 from transforms.progress import CountDeadLetters, CountStage, member_bytes
-from transforms.read_shards import ReadMediaShards, ShardStats
-from transforms.retry import KeepKeys, LoadCorpusRows, dead_letter_keys
 from transforms.tokenize import TokenizerModelHandler, TokenizeSamples
-from transforms.write_shards import FORMATS, WriteCorpusShards, manifest_path, read_manifests, shard_stem, write_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,7 +72,7 @@ def expand_inputs(patterns: Sequence[str]) -> List[str]:
     Raises:
         ConfigError: If a pattern matches nothing, naming the pattern.
     """
-    from transforms.read_shards import expand_braces
+    from transforms.io.read_shards import expand_braces
 
     found: List[str] = []
     for pattern in patterns:

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import torch
 from apache_beam.io.filesystems import FileSystems
 
-from operators.entropy_prior import DEFAULT_PRECISION
-from operators.quantize import MAX_BITS, MIN_BITS
-from operators.split_compute import DEFAULT_WEIGHTS, INPUT_SIZE, TinyCNN, head, summary_by_rate
+from operators.compression.priors import DEFAULT_PRECISION
+from operators.compression.quantize import MAX_BITS, MIN_BITS
+from operators.compression.split_compute import DEFAULT_WEIGHTS, INPUT_SIZE, TinyCNN, head, summary_by_rate
 from pipelines.common import ConfigError, create_pipeline, expand_inputs, parse_job_args
 from transforms.compress import (
     CompressFeatures,
@@ -33,8 +33,8 @@ from transforms.compress import (
     WriteCompressedFeatures,
 )
 from transforms.errors import DEAD_LETTER_TAG
-from transforms.read_shards import ReadMediaShards
-from transforms.write_shards import shard_stem, write_atomic
+from transforms.io.read_shards import ReadMediaShards
+from transforms.io.write_shards import shard_stem, write_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:

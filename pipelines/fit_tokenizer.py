@@ -24,20 +24,20 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 import numpy as np
+from apache_beam.metrics.metric import MetricsFilter
 
-from operators import dual_image_tokenizer as dit
-from operators import semantic_audio_tokenizer as sat
-from operators.base import first_member
-from operators.codebook import Fitted
 from operators.kernels.nearest import nearest
-from operators.patch_encoders import DctPatchEncoder, PatchEncoder, load_patch_encoder
+from operators.tokenizers import dual_image as dit
+from operators.tokenizers import semantic_audio as sat
+from operators.tokenizers.base import first_member
+from operators.tokenizers.codebooks import Fitted
+from operators.tokenizers.encoders import DctPatchEncoder, PatchEncoder, load_patch_encoder
 from pipelines.common import ConfigError, create_pipeline, expand_inputs, parse_job_args
 from schemas.common import MediaSample
 from transforms.errors import DEAD_LETTER_TAG, count, dead_letter
 from transforms.fit_codebook import CentroidMeans, FitCodebook
-from transforms.read_shards import ReadMediaShards
+from transforms.io.read_shards import ReadMediaShards
 
 STAGE = "FeatureRows"
 

@@ -11,7 +11,7 @@ import functools
 import os
 from typing import Optional, Sequence
 
-from operators.live_asr import load_live_asr
+from operators.asr.stream_engine import load_live_asr
 from pipelines.common import ConfigError, parse_job_args
 from pipelines.live_common import add_live_flags, check_live_flags, run_live
 from pipelines.transcribe import parse_context
@@ -27,7 +27,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None):
     args, options = parse_job_args(parser, argv)
     check_live_flags(args)
     if args.model is None:
-        from operators.nemo_checkpoint import EMBEDDED_MODEL
+        from operators.asr.nemo_checkpoint import EMBEDDED_MODEL
 
         if not os.path.isfile(EMBEDDED_MODEL):
             raise ConfigError(f"the embedded model {EMBEDDED_MODEL} is missing; run `mediabeam train-asr` or pass --model")

@@ -10,8 +10,8 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipelines.common import ConfigError, create_pipeline
 from transforms.errors import DEAD_LETTER_TAG
-from transforms.live_source import ReadLiveFrames, SourceSpec, WriteLiveEvents
-from transforms.live_streams import LiveStreams, error_event
+from transforms.live.source import ReadLiveFrames, SourceSpec, WriteLiveEvents
+from transforms.live.streams import LiveStreams, error_event
 
 
 def add_live_flags(parser: argparse.ArgumentParser) -> None:

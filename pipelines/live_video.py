@@ -9,7 +9,7 @@ import argparse
 import functools
 from typing import Optional, Sequence
 
-from operators.live_video import live_co_x3d
+from operators.video.stream_engine import live_co_x3d
 from pipelines.common import ConfigError, parse_job_args
 from pipelines.live_common import add_live_flags, check_live_flags, run_live
 

@@ -4,7 +4,7 @@ Launcher-side progress (shards and samples done of the total, rate, ETA) comes f
 :class:`ProgressMonitor` with a ``done_fn`` that watches the output instead of asking the
 runner, so it works on every runner whose output the launcher can list (local disk, GCS,
 S3): :func:`manifest_progress` counts finished shards (``_manifests/<stem>.json`` with a
-``records`` count, see ``transforms.write_shards``), and :func:`output_progress` adds the
+``records`` count, see ``transforms.io.write_shards``), and :func:`output_progress` adds the
 live counts that ``transforms.progress.CountStage`` steps write while shards are still
 being processed (a batch writer only runs after a shuffle barrier). :func:`run_pipeline` runs a
 pipeline under a monitor and returns its Beam metrics as plain dicts; :func:`stage_throughput`
@@ -21,9 +21,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, TextIO, Tuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.io.write_shards import manifest_path
 from transforms.progress import NAMESPACE as PROGRESS_NAMESPACE
 from transforms.progress import read_progress
-from transforms.write_shards import manifest_path
 
 DoneFn = Callable[[], Tuple[int, int]]
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.write_shards import write_atomic
+from transforms.io.write_shards import write_atomic
 
 _CORPUS_COLUMNS = ["modality", "num_tokens", "duration_s", "source_bytes"]
 _DEAD_COLUMNS = ["stage", "error_type", "message"]

@@ -19,12 +19,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import apache_beam as beam
 
-from operators.x3d import VARIANTS, co_x3d_stepper
+from operators.video.x3d import VARIANTS, co_x3d_stepper
 from pipelines.common import ConfigError, create_pipeline, expand_inputs, parse_job_args
 from transforms.continual_video import SKIPPED_TAG, ContinualVideoSamples, WriteVideoFrames
 from transforms.errors import DEAD_LETTER_TAG
-from transforms.read_shards import ReadMediaShards
-from transforms.write_shards import read_manifests, write_atomic
+from transforms.io.read_shards import ReadMediaShards
+from transforms.io.write_shards import read_manifests, write_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:

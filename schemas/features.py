@@ -93,4 +93,4 @@ FEATURES_SCHEMA = pa.schema(
 )
 """``bits`` is the uniform bit depth, or ceil(log2(size)) for a codebook rate; ``tables_id``
 is the hex id of the shared tables (empty for inline-coded streams); ``stream`` decodes with
-``operators.feature_codec.FeatureCodec(CodecTables.load(<output>/tables.bin)).decode``."""
+``operators.compression.codec.FeatureCodec(CodecTables.load(<output>/tables.bin)).decode``."""

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from operators.bitstream import BitstreamError, StreamHeader, pack, unpack
-from operators.feature_codec import FeatureCodec, UnknownTablesError, fit_tables
+from operators.compression.bitstream import BitstreamError, StreamHeader, pack, unpack
+from operators.compression.codec import FeatureCodec, UnknownTablesError, fit_tables
 
 
 def header(**changes):

@@ -10,7 +10,12 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 
 from transforms.bucketing import (
-    BucketedBatchElements, BucketedRunInference, MeasurePadding, cut_sorted, geometric_boundaries, padding_stats,
+    BucketedBatchElements,
+    BucketedRunInference,
+    MeasurePadding,
+    cut_sorted,
+    geometric_boundaries,
+    padding_stats,
 )
 
 CAP = 64_000

@@ -16,7 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import build_corpus
 from pipelines.common import ConfigError
-from pipelines.make_samples import write_hostile_shards, write_sample_shards
+from pipelines.tools.make_samples import write_hostile_shards, write_sample_shards
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_tokens_are_identical_across_runs_and_formats(samples, tmp_path):
 
 
 def test_jpeg_rows_decode_back_to_images(samples, tmp_path):
-    from operators.registry import build_tokenizer
+    from operators.tokenizers.registry import build_tokenizer
 
     out = str(tmp_path / "o")
     build_corpus.run(["--input", *samples["shards"], "--output", out, "--tokenizer", "jpeg"])

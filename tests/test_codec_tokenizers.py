@@ -13,16 +13,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from operators.avc_tokenizer import AvcTokenizer, count_frames
-from operators.base import MediaError, Tokenizer
-from operators.byte_tokens import BOS, EOS, bytes_to_tokens, tokens_to_bytes
-from operators.jpeg_tokenizer import JpegTokenizer
-from operators.media_decode import decode_audio, ffmpeg_binary, iter_video_frames
-from operators.opus_tokenizer import (
-    OpusTokenizer, ogg_crc, ogg_packets, opus_packet_samples, pack_packets, unpack_packets,
+from operators.media.decode import decode_audio, ffmpeg_binary, iter_video_frames
+from operators.tokenizers.avc import AvcTokenizer, count_frames
+from operators.tokenizers.base import MediaError, Tokenizer
+from operators.tokenizers.byte_tokens import BOS, EOS, bytes_to_tokens, tokens_to_bytes
+from operators.tokenizers.jpeg import JpegTokenizer
+from operators.tokenizers.opus import (
+    OpusTokenizer,
+    ogg_crc,
+    ogg_packets,
+    opus_packet_samples,
+    pack_packets,
+    unpack_packets,
 )
-from operators.registry import DEFAULT_TOKENIZER_FOR_MODALITY, TOKENIZERS, build_tokenizer, tokenizer_modality
-from pipelines.make_samples import audio_only_mp4, bomb_png, float_wav_bytes, synthetic_image, wav_bytes
+from operators.tokenizers.registry import (
+    DEFAULT_TOKENIZER_FOR_MODALITY,
+    TOKENIZERS,
+    build_tokenizer,
+    tokenizer_modality,
+)
+from pipelines.tools.make_samples import audio_only_mp4, bomb_png, float_wav_bytes, synthetic_image, wav_bytes
 
 
 def _image_bytes(width: int = 320, height: int = 200, seed: int = 0) -> bytes:
@@ -244,7 +254,7 @@ def test_opus_silence_and_hostile_inputs():
 
 _ENCODE_IN_CHILD = """
 import hashlib, json, sys
-from operators.registry import build_tokenizer
+from operators.tokenizers.registry import build_tokenizer
 paths = json.loads(sys.argv[1])
 print(json.dumps({name: hashlib.sha256(build_tokenizer(name).encode(open(path, "rb").read()).tokens.tobytes()).hexdigest()
                   for name, path in paths.items()}))

@@ -4,9 +4,9 @@ import io
 import json
 import os
 
+import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
-import apache_beam as beam
 import pytest
 import torch
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -14,11 +14,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from operators.feature_codec import CodecTables, FeatureCodec, fit_tables
-from operators.split_compute import TinyCNN, synthetic_images
+from operators.compression.codec import CodecTables, FeatureCodec, fit_tables
+from operators.compression.split_compute import TinyCNN, synthetic_images
 from pipelines import compress_features
 from pipelines.common import ConfigError
-from pipelines.make_samples import write_tar
+from pipelines.tools.make_samples import write_tar
 from schemas.features import FEATURES_SCHEMA, CompressedRecord, FeatureRecord
 from transforms.compress import CompressFeatures, DecompressFeatures, FitCodecTables
 from transforms.errors import DEAD_LETTER_TAG

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from continual_helpers import stepped
 from torch import nn
 
-from continual_helpers import stepped
-from operators.continual import (
+from operators.video.continual import (
     CausalSqueezeExcitation,
     CoConv3d,
     Parallel,

@@ -18,7 +18,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from torch import nn
 
-from operators.continual import StreamStepper, from_module
+from operators.video.continual import StreamStepper, from_module
 from pipelines import video_features
 from schemas.video import FrameInput
 from transforms.continual_video import ContinualStreams
@@ -148,8 +148,8 @@ def _tar(path, members):
 
 
 def test_video_features_job_rows_match_offline_and_account(tmp_path):
-    from operators.media_decode import iter_video_frames
-    from operators.x3d import build_x3d, co_x3d, x3d_preprocess
+    from operators.media.decode import iter_video_frames
+    from operators.video.x3d import build_x3d, co_x3d, x3d_preprocess
 
     good = _video(str(tmp_path / "good.mp4"), 2.0)
     short = _video(str(tmp_path / "short.mp4"), 0.5)

@@ -6,8 +6,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.feature_codec import CodecTables, FeatureCodec, bits_per_element, fit_tables
-from operators.quantize import (
+from operators.compression.codec import CodecTables, FeatureCodec, bits_per_element, fit_tables
+from operators.compression.quantize import (
     calibrate_uniform,
     dequantize_codebook,
     dequantize_uniform,
@@ -15,7 +15,7 @@ from operators.quantize import (
     quantize_codebook,
     quantize_uniform,
 )
-from operators.split_compute import TinyCNN, forward_with_features, head, mpq_table, synthetic_images, tail
+from operators.compression.split_compute import TinyCNN, forward_with_features, head, mpq_table, synthetic_images, tail
 
 DISTRIBUTIONS = ("normal", "laplace", "uniform", "relu", "constant", "outliers")
 

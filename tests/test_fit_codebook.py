@@ -10,13 +10,13 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from operators import codebook as cb
-from operators import dual_image_tokenizer as dit
-from operators import semantic_audio_tokenizer as sat
 from operators.kernels import kmeans, nearest
+from operators.tokenizers import codebooks as cb
+from operators.tokenizers import dual_image as dit
+from operators.tokenizers import semantic_audio as sat
 from pipelines import fit_tokenizer
 from pipelines.common import ConfigError
-from pipelines.make_tokenizer_assets import write_fit_media
+from pipelines.tools.make_tokenizer_assets import write_fit_media
 from transforms.fit_codebook import CentroidMeans, FitCodebook
 
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from operators import dual_image_tokenizer as dit
-from operators import kaldi_fbank
-from operators import semantic_audio_tokenizer as sat
-from operators.base import MediaError, Tokenizer
-from operators.codebook import kmeans_plus_plus
 from operators.kernels import nearest, rvq
-from operators.patch_encoders import DctPatchEncoder, load_patch_encoder
-from operators.registry import build_tokenizer
-from pipelines.make_tokenizer_assets import synthetic_clip, synthetic_picture
+from operators.media import kaldi_fbank
+from operators.tokenizers import dual_image as dit
+from operators.tokenizers import semantic_audio as sat
+from operators.tokenizers.base import MediaError, Tokenizer
+from operators.tokenizers.codebooks import kmeans_plus_plus
+from operators.tokenizers.encoders import DctPatchEncoder, load_patch_encoder
+from operators.tokenizers.registry import build_tokenizer
+from pipelines.tools.make_tokenizer_assets import synthetic_clip, synthetic_picture
 
 
 def kaldi_reference(wave_: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
 
-from operators.live_asr import random_live_asr
+from operators.asr.stream_engine import random_live_asr
 from schemas.live import (
     HEADER,
     Frame,
@@ -26,7 +26,7 @@ from schemas.live import (
     iter_recording,
 )
 from transforms.errors import DEAD_LETTER_TAG
-from transforms.live_streams import LiveStreamFn, LiveStreams, NumpyTreeCoder
+from transforms.live.streams import LiveStreamFn, LiveStreams, NumpyTreeCoder
 
 torch.set_num_threads(1)  # tiny shapes: extra threads only add synchronisation on a shared machine
 
@@ -255,8 +255,9 @@ def test_tcp_loopback_live_asr_job(tmp_path, engine):
     """``mediabeam live-asr`` on FnApiRunner with a tiny .nemo model, two TCP clients."""
     import socket
 
-    from operators.nemo_checkpoint import save_nemo
-    from pipelines import live_asr, send
+    from operators.asr.nemo_checkpoint import save_nemo
+    from pipelines import live_asr
+    from pipelines.tools import send
 
     model_path = str(tmp_path / "tiny.nemo")
     save_nemo(model_path, engine.asr.model, labels=list("abcdefghijk "))
@@ -321,8 +322,9 @@ def test_tcp_loopback_live_asr_job(tmp_path, engine):
 
 def test_tail_replays_recordings(tmp_path, engine):
     """``send --record`` writes .mbl recordings; ``live-asr --tail DIR`` replays them."""
-    from operators.nemo_checkpoint import save_nemo
-    from pipelines import live_asr, send
+    from operators.asr.nemo_checkpoint import save_nemo
+    from pipelines import live_asr
+    from pipelines.tools import send
 
     model_path = str(tmp_path / "tiny.nemo")
     save_nemo(model_path, engine.asr.model, labels=list("abcdefghijk "))
@@ -360,7 +362,7 @@ def test_live_video_streams_equal_offline_stepper():
 
     from PIL import Image
 
-    from operators.live_video import live_co_x3d
+    from operators.video.stream_engine import live_co_x3d
 
     factory = functools.partial(live_co_x3d, "tiny", 2, 5, None, 32, 3)
     rng = np.random.default_rng(3)

@@ -1,14 +1,14 @@
-"""pipelines.make_samples: deterministic sample shards and the hostile set's promised outcomes."""
+"""pipelines.tools.make_samples: deterministic sample shards and the hostile set's promised outcomes."""
 
 import json
 import tarfile
 
 import pytest
 
-from operators.base import MediaError, modality_of
-from operators.registry import DEFAULT_TOKENIZER_FOR_MODALITY, build_tokenizer
-from pipelines import make_samples
+from operators.tokenizers.base import MediaError, modality_of
+from operators.tokenizers.registry import DEFAULT_TOKENIZER_FOR_MODALITY, build_tokenizer
 from pipelines.common import ConfigError
+from pipelines.tools import make_samples
 
 
 def _members(path: str):

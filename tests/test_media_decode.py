@@ -1,4 +1,4 @@
-"""operators.media_decode: ffmpeg/Pillow decoding against references built in the test."""
+"""operators.media.decode: ffmpeg/Pillow decoding against references built in the test."""
 
 import io
 import os
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from operators import media_decode
-from operators.base import MediaError
-from operators.media_decode import decode_audio, decode_image, ffmpeg_binary, iter_video_frames, probe
-from pipelines.make_samples import audio_only_mp4, bomb_png, float_wav_bytes, synthetic_video, wav_bytes
+from operators.media import decode as media_decode
+from operators.media.decode import decode_audio, decode_image, ffmpeg_binary, iter_video_frames, probe
+from operators.tokenizers.base import MediaError
+from pipelines.tools.make_samples import audio_only_mp4, bomb_png, float_wav_bytes, synthetic_video, wav_bytes
 
 RATE = 22050
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from operators.nemo_checkpoint import NemoCheckpointError, load_nemo, model_config_to_nemo, save_nemo
-from operators.streaming_asr import RNNTConfig, StreamingASR, random_model, small_config
+from operators.asr.nemo_checkpoint import NemoCheckpointError, load_nemo, model_config_to_nemo, save_nemo
+from operators.asr.streaming import RNNTConfig, StreamingASR, random_model, small_config
 
 torch.set_num_threads(1)
 
@@ -61,7 +61,7 @@ def _hybrid(spm_vocab_size, seed=0):
 
 
 def test_loads_hybrid_rnnt_ctc_bpe_archive(tmp_path, spm_bytes):
-    from operators.streaming_asr import SentencePieceVocabulary
+    from operators.asr.streaming import SentencePieceVocabulary
 
     vocab = SentencePieceVocabulary(spm_bytes)
     model = _hybrid(vocab.size)
@@ -171,7 +171,7 @@ def test_unsafe_archives_are_refused(tmp_path):
 
 
 def test_nemo_key_names(spm_bytes):
-    from operators.streaming_asr import SentencePieceVocabulary
+    from operators.asr.streaming import SentencePieceVocabulary
 
     keys = set(_hybrid(SentencePieceVocabulary(spm_bytes).size).state_dict())
     for key in [

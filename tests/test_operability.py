@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from pipelines import build_corpus
-from pipelines.make_samples import write_sample_shards
 from pipelines.operability import ProgressMonitor, manifest_progress
+from pipelines.tools.make_samples import write_sample_shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

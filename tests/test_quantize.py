@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from operators.entropy_prior import EntropyPrior, count_symbols, empirical_entropy, quantize_counts
-from operators.quantize import (
+from operators.compression.priors import EntropyPrior, count_symbols, empirical_entropy, quantize_counts
+from operators.compression.quantize import (
     Codebook,
     UniformParams,
     calibrate_uniform,

@@ -4,7 +4,7 @@ import constriction
 import numpy as np
 import pytest
 
-from operators.entropy_prior import EntropyPrior, count_symbols, empirical_entropy
+from operators.compression.priors import EntropyPrior, count_symbols, empirical_entropy
 from operators.kernels.rans import RansError, rans_decode, rans_encode
 
 

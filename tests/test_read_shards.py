@@ -11,7 +11,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.errors import DEAD_LETTER_TAG
-from transforms.read_shards import ReadMediaShards, ReadShardFn, expand_braces, split_member_name
+from transforms.io.read_shards import ReadMediaShards, ReadShardFn, expand_braces, split_member_name
 
 
 def write_tar(path, members):

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import build_corpus
-from pipelines.make_samples import write_hostile_shards, write_sample_shards
+from pipelines.tools.make_samples import write_hostile_shards, write_sample_shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVICE_START_TIMEOUT_S = 60

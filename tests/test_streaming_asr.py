@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from operators.asr_frontend import MelConfig, log_mel, mel_filterbank
-from operators.conformer_layers import PackedLinear
-from operators.streaming_asr import (
+from operators.asr.frontend import MelConfig, log_mel, mel_filterbank
+from operators.asr.layers import PackedLinear
+from operators.asr.streaming import (
     CharVocabulary,
     RNNTConfig,
     StreamingASR,

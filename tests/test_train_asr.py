@@ -2,8 +2,8 @@
 
 import random
 
-from pipelines.train_asr import VOCABULARY, train_tokenizer, word_error_rate
-from operators.streaming_asr import SentencePieceVocabulary
+from operators.asr.streaming import SentencePieceVocabulary
+from pipelines.tools.train_asr import VOCABULARY, train_tokenizer, word_error_rate
 
 
 def test_word_error_rate_counts_edits_over_reference_words():

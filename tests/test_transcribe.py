@@ -5,17 +5,17 @@ import os
 import wave
 from dataclasses import replace
 
+import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from operators.nemo_checkpoint import EMBEDDED_MODEL, load_nemo, save_nemo
-from operators.streaming_asr import random_model, small_config
+from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo, save_nemo
+from operators.asr.streaming import random_model, small_config
 from pipelines.common import ConfigError
 from pipelines.transcribe import run
 from schemas.asr import ASR_SCHEMA, AudioItem
@@ -96,7 +96,7 @@ def test_transcribe_job_writes_outputs(model_path, audio_dir, tmp_path, suffix):
         dead = [json.loads(line) for line in open(dead_path)]
     assert [r["key"] for r in rows] == ["a", "b", "c"] and [d["key"] for d in dead] == ["broken"]
     operator = load_nemo(model_path, (70, 13))
-    import operators.media_decode as media
+    import operators.media.decode as media
 
     expected = operator.transcribe([media.decode_audio(str(audio_dir / f"{k}.wav")) for k in "abc"])
     assert [r["text"] for r in rows] == expected

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-
 from continual_helpers import stepped
-from operators.x3d import co_x3d, create_x3d, load_x3d, x3d_m, x3d_s
+
+from operators.video.x3d import co_x3d, create_x3d, load_x3d, x3d_m, x3d_s
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

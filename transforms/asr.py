@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from operators.media_decode import decode_audio
-from operators.nemo_checkpoint import EMBEDDED_MODEL, load_nemo
-from operators.streaming_asr import StreamingASR
+from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo
+from operators.asr.streaming import StreamingASR
+from operators.media.decode import decode_audio
 from schemas.asr import ASR_SCHEMA, AudioItem, TranscriptRow
 from schemas.common import DeadLetter
 from transforms.errors import DEAD_LETTER_TAG, SplitDeadLetters, as_dead_letter, count, dead_letter
-from transforms.write_shards import dead_letter_table, parquet_bytes, write_atomic
+from transforms.io.write_shards import dead_letter_table, parquet_bytes, write_atomic
 
 DECODE_STAGE = "DecodeAudio"
 STAGE = "Transcribe"

@@ -15,10 +15,8 @@ import pyarrow as pa
 import torch
 from apache_beam.io.filesystems import FileSystems
 
-from operators.base import MediaError, first_member
-from operators.bitstream import unpack
-from operators.entropy_prior import DEFAULT_PRECISION
-from operators.feature_codec import (
+from operators.compression.bitstream import unpack
+from operators.compression.codec import (
     CodecTables,
     FeatureCodec,
     build_tables,
@@ -26,13 +24,15 @@ from operators.feature_codec import (
     rate_key,
     record_histograms,
 )
-from operators.media_decode import decode_image
-from operators.quantize import channel_vectors, feature_stats, fit_codebook, merge_stats
-from operators.split_compute import INPUT_SIZE, forward_with_features, load_model, sample_quality, tail
+from operators.compression.priors import DEFAULT_PRECISION
+from operators.compression.quantize import channel_vectors, feature_stats, fit_codebook, merge_stats
+from operators.compression.split_compute import INPUT_SIZE, forward_with_features, load_model, sample_quality, tail
+from operators.media.decode import decode_image
+from operators.tokenizers.base import MediaError, first_member
 from schemas.common import MediaSample
 from schemas.features import FEATURES_SCHEMA, CompressedRecord, DecodedRecord, FeatureRecord, FeatureRow
 from transforms.errors import DEAD_LETTER_TAG, count, dead_letter
-from transforms.write_shards import by_source, dead_letter_table, parquet_bytes, shard_stem, write_atomic
+from transforms.io.write_shards import by_source, dead_letter_table, parquet_bytes, shard_stem, write_atomic
 
 NAMESPACE = "compress"
 TABLES_FILE = "tables.bin"

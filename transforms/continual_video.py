@@ -20,12 +20,12 @@ from apache_beam.coders import PickleCoder, VarIntCoder
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec
 
-from operators.base import first_member
-from operators.continual import StreamStepper
+from operators.tokenizers.base import first_member
+from operators.video.continual import StreamStepper
 from schemas.common import MediaSample
 from schemas.video import FrameInput, FrameOutput, frame_outputs_table
 from transforms.errors import DEAD_LETTER_TAG, count, dead_letter
-from transforms.write_shards import (
+from transforms.io.write_shards import (
     AccountingError,
     group_by_source,
     parquet_bytes,
@@ -158,7 +158,7 @@ class ContinualStreams(beam.PTransform):
 
     Args:
         factory: Picklable callable returning the ``StreamStepper`` (e.g. a
-            ``functools.partial`` of ``operators.x3d.co_x3d_stepper``).
+            ``functools.partial`` of ``operators.video.x3d.co_x3d_stepper``).
         model: Name written to every row.
         fps: Frame rate for ``time_s``.
         max_pending: Early frames buffered per stream before a gap is given up.
@@ -202,7 +202,7 @@ class ContinualVideoFn(beam.DoFn):
     def setup(self) -> None:
         self._stepper = self._factory()
         if self._decode is None:
-            from operators.media_decode import iter_video_frames
+            from operators.media.decode import iter_video_frames
 
             self._decode = iter_video_frames
 

@@ -15,7 +15,7 @@ in the metadata so convergence can be checked.
 
 Determinism: the sample is chosen by a seeded hash of each row's bytes (not by arrival order),
 k-means++ runs on that sample with a seeded RNG, and the combine statistics are exact integers
-(``operators.codebook.LloydStats``), so the codebook is bit-identical across runs, runners and
+(``operators.tokenizers.codebooks.LloydStats``), so the codebook is bit-identical across runs, runners and
 worker counts.
 """
 
@@ -24,9 +24,9 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 import apache_beam as beam
 import numpy as np
 
-from operators import codebook as cb
 from operators.kernels import kmeans
 from operators.kernels.nearest import PackedCodebook, nearest
+from operators.tokenizers import codebooks as cb
 
 
 class _SmallestHashRows(beam.DoFn):
@@ -151,7 +151,7 @@ class _Save(beam.DoFn):
 class FitCodebook(beam.PTransform):
     """Fits a ``K``-centroid codebook to a PCollection of ``[n, D]`` float32 feature batches.
 
-    Output: a PCollection with one ``operators.codebook.Fitted``.
+    Output: a PCollection with one ``operators.tokenizers.codebooks.Fitted``.
 
     Args:
         k: Codebook size.
@@ -244,7 +244,7 @@ class CentroidMeans(beam.PTransform):
     members get zeros.
 
     Args:
-        fitted: Singleton PCollection of ``operators.codebook.Fitted``.
+        fitted: Singleton PCollection of ``operators.tokenizers.codebooks.Fitted``.
         scale: Fixed-point scale of the payload sums (payloads with ``|x|·scale < 2**40``).
     """
 

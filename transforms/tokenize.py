@@ -7,8 +7,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from operators.base import Tokenizer, first_member
-from operators.registry import build_tokenizer
+from operators.tokenizers.base import Tokenizer, first_member
+from operators.tokenizers.registry import build_tokenizer
 from schemas.common import DeadLetter, MediaSample
 from schemas.corpus import CorpusRow
 from transforms.errors import DEAD_LETTER_TAG, SplitDeadLetters, as_dead_letter, count, dead_letter
@@ -58,7 +58,7 @@ def tokenize_sample(tokenizer: Tokenizer, sample: MediaSample) -> Union[CorpusRo
 
 
 class TokenizerModelHandler(ModelHandler[MediaSample, Union[CorpusRow, DeadLetter], Tokenizer]):
-    """RunInference handler for any tokenizer in ``operators.registry``.
+    """RunInference handler for any tokenizer in ``operators.tokenizers.registry``.
 
     The handler is small picklable configuration; ``load_model`` builds the tokenizer on the
     worker. Per-record failures come back as ``DeadLetter`` results instead of failing the

@@ -22,13 +22,14 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from operators.base import TokenOutput
+from operators.asset_paths import asset_path
 from operators.kernels import nearest
-from operators.media_decode import decode_image
-from operators.model_folder import load_array, load_model_info, save_model_folder
-from operators.patch_encoders import PatchEncoder, encoder_from_spec
+from operators.media.decode import decode_image
+from operators.tokenizers.base import TokenOutput
+from operators.tokenizers.encoders import PatchEncoder, encoder_from_spec
+from operators.tokenizers.model_folder import load_array, load_model_info, save_model_folder
 
-DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "dual_image")
+DEFAULT_MODEL_DIR = asset_path("dual_image")
 
 
 def crop_square(image: Image.Image, size: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Per-stream live inference in Beam: ordering, batching, state in Beam state, expiry.
 
-``LiveStreams`` takes ``LiveChunk`` rows (from ``transforms.live_source`` or a ``TestStream``)
+``LiveStreams`` takes ``LiveChunk`` rows (from ``transforms.live.source`` or a ``TestStream``)
 and returns ``LiveEvent`` rows plus dead letters on ``DEAD_LETTER_TAG``.
 
 Design (why it is keyed by *shard*, not by stream):
@@ -29,7 +29,7 @@ Design (why it is keyed by *shard*, not by stream):
   numpy arrays (no pickle, no torch), so the same bytes restore on any worker.
 
 The operator is an engine with ``init_state / decode / push / ready / step_batch /
-finished / ended / position / consumed`` and an ``event_name`` (``operators.live_asr.LiveASR``, ``operators.live_video.LiveVideo``), built once
+finished / ended / position / consumed`` and an ``event_name`` (``operators.asr.stream_engine.LiveASR``, ``operators.video.stream_engine.LiveVideo``), built once
 per worker in ``setup`` from a picklable factory.
 """
 
@@ -46,7 +46,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from operators.base import MediaError
+from operators.tokenizers.base import MediaError
 from schemas.common import DeadLetter
 from schemas.live import LiveChunk, LiveEvent
 from transforms.errors import DEAD_LETTER_TAG, count, dead_letter

@@ -14,7 +14,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 
 from operators.kernels import kmeans, nearest
-from operators.model_folder import atomic_write
+from operators.tokenizers.model_folder import atomic_write
 
 INERTIA_BITS = 24
 

@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.common import DEAD_LETTER_SCHEMA, DeadLetter
 from schemas.corpus import CORPUS_SCHEMA, CorpusRow
 from transforms.errors import DEAD_LETTER_TAG, count
-from transforms.read_shards import ShardStats
+from transforms.io.read_shards import ShardStats
 
 STAGE = "WriteShards"
 FORMATS = ("parquet", "webdataset")

@@ -1,7 +1,7 @@
 """Live continual video: encoded frames in, per-frame predictions out, state as numpy (no Beam).
 
-Wraps a :class:`operators.continual.StreamStepper` (e.g. CoX3D) with the same interface as
-:class:`operators.live_asr.LiveASR` (``init_state`` / ``push`` / ``ready`` / ``step_batch`` /
+Wraps a :class:`operators.video.continual.StreamStepper` (e.g. CoX3D) with the same interface as
+:class:`operators.asr.stream_engine.LiveASR` (``init_state`` / ``push`` / ``ready`` / ``step_batch`` /
 ``finished``), so one Beam DoFn serves both. A pushed frame waits in the stream's state until
 the next ``step_batch``; every ready stream advances by one frame per call.
 
@@ -16,8 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from operators.base import MediaError
-from operators.continual import StreamStepper
+from operators.tokenizers.base import MediaError
+from operators.video.continual import StreamStepper
 
 __all__ = ["LiveVideo", "FrameFormatError"]
 
@@ -129,7 +129,7 @@ class LiveVideo:
 
 def live_co_x3d(variant: str = "s", window: int = 16, num_classes: int = 400, weights: Optional[str] = None,
                 size: int = 160, top_k: int = 5, seed: int = 0) -> LiveVideo:
-    """A ``LiveVideo`` over CoX3D (``operators.x3d.co_x3d_stepper``) at ``size``×``size``."""
-    from operators.x3d import co_x3d_stepper
+    """A ``LiveVideo`` over CoX3D (``operators.video.x3d.co_x3d_stepper``) at ``size``×``size``."""
+    from operators.video.x3d import co_x3d_stepper
 
     return LiveVideo(co_x3d_stepper(variant, window, num_classes, weights, seed), size, size, top_k)

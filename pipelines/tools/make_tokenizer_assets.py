@@ -21,10 +21,9 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from operators.asset_paths import ASSETS_DIR as ASSETS
 from pipelines import fit_tokenizer
-from pipelines.make_samples import draw_random_shapes, wav_bytes
-
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "operators", "assets")
+from pipelines.tools.make_samples import draw_random_shapes, wav_bytes
 
 
 def synthetic_clip(rng: np.random.Generator, seconds: float, sample_rate: int = 16000) -> np.ndarray:

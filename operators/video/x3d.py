@@ -9,7 +9,7 @@ conv (pytorchvideo swaps the names); SE (fvcore) sits in ``norm_b.1`` with param
 from ``round_width`` with divisor 8; depths are ``ceil(2.2 · [1, 2, 5, 3])``.
 
 CoX3D (``co_x3d``): the same weights run one frame at a time. The clip-global parts become
-causal (see ``operators.continual``): SE averages the last ``window`` frames, the head's
+causal (see ``operators.video.continual``): SE averages the last ``window`` frames, the head's
 ``AvgPool3d`` covers the last ``window`` frames (16 or 64: extendable, it has no weights) and
 the final global average only pools space.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from operators.continual import (
+from operators.video.continual import (
     CausalSqueezeExcitation,
     CoModule,
     CoParallel,
@@ -235,7 +235,7 @@ def create_x3d(
         clip_length: Frames per clip; sets the head's temporal pool size.
         crop_size: Input height/width; sets the head's spatial pool size (``ceil(crop/32)``).
         se_window: ``None`` for clip-global SE (the published model); an integer for
-            causal SE over that many frames (the form CoX3D runs, see ``operators.continual``).
+            causal SE over that many frames (the form CoX3D runs, see ``operators.video.continual``).
         head_softmax: Softmax over classes before the final average (pytorchvideo 0.1.5's
             default; later versions default to raw scores). It has no weights.
     """

@@ -7,7 +7,7 @@ per sample and the downstream change (top-1 agreement, max output difference) in
 of machine-perceptual-quality studies.
 
 The default model (``TinyCNN``) needs no download: its fixed-seed weights are written by
-``python -m operators.split_compute`` into ``operators/assets/tiny_cnn.pt`` after a short
+``python -m operators.compression.split_compute`` into ``operators/assets/tiny_cnn.pt`` after a short
 training run on synthetic images, so its top-1 decisions are not arbitrary.
 """
 
@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from operators.feature_codec import FeatureCodec, bits_per_element
+from operators.asset_paths import asset_path
+from operators.compression.codec import FeatureCodec, bits_per_element
 
-DEFAULT_WEIGHTS = os.path.join(os.path.dirname(__file__), "assets", "tiny_cnn.pt")
+DEFAULT_WEIGHTS = asset_path("tiny_cnn.pt")
 INPUT_SIZE = 32
 NUM_CLASSES = 8
 
@@ -81,7 +82,7 @@ def load_model(path: Optional[str] = None) -> TinyCNN:
     """Loads ``TinyCNN`` from a local state dict (default: the shipped asset)."""
     path = path or DEFAULT_WEIGHTS
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no weights at {path}; run `python -m operators.split_compute` to create them")
+        raise FileNotFoundError(f"no weights at {path}; run `python -m operators.compression.split_compute` to create them")
     model = TinyCNN()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()

@@ -24,10 +24,9 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, 
 
 import numpy as np
 
-from operators.bitstream import BitstreamError, StreamHeader, pack, unpack
-from operators.entropy_prior import DEFAULT_PRECISION, EntropyPrior, count_symbols
-from operators.kernels.rans import RansError, check_states, rans_decode, rans_encode
-from operators.quantize import (
+from operators.compression.bitstream import BitstreamError, StreamHeader, pack, unpack
+from operators.compression.priors import DEFAULT_PRECISION, EntropyPrior, count_symbols
+from operators.compression.quantize import (
     FLOAT_DTYPES,
     Codebook,
     FeatureStats,
@@ -44,6 +43,7 @@ from operators.quantize import (
     quantize_codebook,
     quantize_uniform,
 )
+from operators.kernels.rans import RansError, check_states, rans_decode, rans_encode
 
 Quantizer = Union[UniformParams, Codebook]
 INLINE_PRECISION = 16

@@ -3,7 +3,7 @@
 The learned tokenizers (dual-image, semantic-audio) store their fitted models this way so a
 model is plain files anyone can inspect with NumPy. ``model.json`` is written last and
 atomically: a folder that has one is complete. ``atomic_write`` also serves the k-means
-codebook files (``operators.codebook``).
+codebook files (``operators.tokenizers.codebooks``).
 """
 
 import json

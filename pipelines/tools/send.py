@@ -41,7 +41,7 @@ def video_frames(path: str, stream_id: str, fps: float, size: int) -> Iterator[F
     """One JPEG frame per decoded video frame; a bare end-of-stream frame at the end."""
     from PIL import Image
 
-    from operators.media_decode import iter_video_frames
+    from operators.media.decode import iter_video_frames
 
     seq = 0
     for rgb in iter_video_frames(path, fps, size, size):
@@ -140,7 +140,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
         frames = video_frames(args.file, stream_id, args.fps, args.size)
         seconds = functools.partial(_video_seconds, 1.0 / args.fps)
     else:
-        from operators.media_decode import decode_audio
+        from operators.media.decode import decode_audio
 
         frames = audio_frames(decode_audio(args.file), stream_id, args.chunk_seconds)
         seconds = _audio_seconds

@@ -19,9 +19,9 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from operators.base import MediaError, TokenOutput
-from operators.byte_tokens import bytes_to_tokens, tokens_to_bytes
-from operators.media_decode import decode_audio, ffmpeg_args, ffmpeg_error, ffmpeg_input, run_ffmpeg
+from operators.media.decode import decode_audio, ffmpeg_args, ffmpeg_error, ffmpeg_input, run_ffmpeg
+from operators.tokenizers.base import MediaError, TokenOutput
+from operators.tokenizers.byte_tokens import bytes_to_tokens, tokens_to_bytes
 
 _HEADER = struct.Struct(">HI")
 _OPUS_RATE = 48000

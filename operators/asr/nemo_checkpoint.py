@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import yaml
 
-from operators.asr_frontend import MelConfig
-from operators.streaming_asr import (
+from operators.asr.frontend import MelConfig
+from operators.asr.streaming import (
     CharVocabulary,
     EncoderConfig,
     FastConformerASR,
@@ -32,12 +32,13 @@ from operators.streaming_asr import (
     SentencePieceVocabulary,
     StreamingASR,
 )
+from operators.asset_paths import asset_path
 
 __all__ = [
     "EMBEDDED_MODEL", "NemoCheckpointError", "read_nemo_archive", "load_nemo", "save_nemo", "model_config_to_nemo",
 ]
 
-EMBEDDED_MODEL = os.path.join(os.path.dirname(__file__), "assets", "asr_default.nemo")
+EMBEDDED_MODEL = asset_path("asr_default.nemo")
 """The default model, trained by ``mediabeam train-asr`` on synthetic speech (digits, commands)."""
 
 CONFIG_NAME = "model_config.yaml"

@@ -12,11 +12,17 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from operators.base import MediaError, TokenOutput
-from operators.byte_tokens import bytes_to_tokens, tokens_to_bytes
-from operators.media_decode import (
-    decode_video, ffmpeg_args, ffmpeg_error, ffmpeg_input, media_source, parse_input_info, run_ffmpeg,
+from operators.media.decode import (
+    decode_video,
+    ffmpeg_args,
+    ffmpeg_error,
+    ffmpeg_input,
+    media_source,
+    parse_input_info,
+    run_ffmpeg,
 )
+from operators.tokenizers.base import MediaError, TokenOutput
+from operators.tokenizers.byte_tokens import bytes_to_tokens, tokens_to_bytes
 
 _SLICE_TYPES = (1, 5)
 
@@ -105,7 +111,7 @@ class AvcTokenizer:
 
         Returns:
             The Annex-B bytes and the source's stream summary (see
-            :func:`operators.media_decode.probe`), parsed from the same ffmpeg run.
+            :func:`operators.media.decode.probe`), parsed from the same ffmpeg run.
 
         Raises:
             MediaError: Empty or undecodable input, or no video stream.

@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.corpus import CorpusRow
 from transforms.errors import count
-from transforms.write_shards import corpus_rows, shard_stem
+from transforms.io.write_shards import corpus_rows, shard_stem
 
 STAGE = "RetryDeadLetters"
 

@@ -1,6 +1,6 @@
 """Live ASR: arbitrary PCM pieces in, transcript deltas out, state as numpy (no Beam import).
 
-Wraps :class:`operators.streaming_asr.StreamingASR` for live streams whose audio arrives in
+Wraps :class:`operators.asr.streaming.StreamingASR` for live streams whose audio arrives in
 pieces of any size. Per stream, the state is a dict of numpy arrays holding
 
 * the operator's cache-aware ``StreamState`` (one stream; ``asr/<field>``),
@@ -21,9 +21,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from operators.asr_frontend import mel_filterbank
-from operators.base import MediaError
-from operators.streaming_asr import STATE_BATCH_AXES, StreamingASR, state_from_numpy, state_to_numpy
+from operators.asr.frontend import mel_filterbank
+from operators.asr.streaming import STATE_BATCH_AXES, StreamingASR, state_from_numpy, state_to_numpy
+from operators.tokenizers.base import MediaError
 
 __all__ = ["LiveASR", "AsrDelta", "SampleFormatError"]
 
@@ -244,7 +244,7 @@ def load_live_asr(
     path: Optional[str] = None, att_context: Optional[Sequence[int]] = None, decoder: Optional[str] = None
 ) -> LiveASR:
     """A ``LiveASR`` over a ``.nemo`` model (default: the embedded model in ``operators/assets``)."""
-    from operators.nemo_checkpoint import EMBEDDED_MODEL, load_nemo
+    from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo
 
     return LiveASR(load_nemo(path or EMBEDDED_MODEL, att_context, decoder))
 
@@ -254,7 +254,7 @@ def random_live_asr(
     att_context: Sequence[int] = (70, 13), seed: int = 0, labels: str = "abcdefghijk ",
 ) -> LiveASR:
     """A ``LiveASR`` over a random-weight CTC model (tests; the large config for benchmarks)."""
-    from operators.streaming_asr import CharVocabulary, EncoderConfig, ModelConfig, random_model
+    from operators.asr.streaming import CharVocabulary, EncoderConfig, ModelConfig, random_model
 
     encoder = EncoderConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads,
                             subsampling_conv_channels=subsampling_channels)

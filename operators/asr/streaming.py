@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from operators.asr_frontend import MelConfig, log_mel
-from operators.conformer_layers import (
+from operators.asr.frontend import MelConfig, log_mel
+from operators.asr.layers import (
     CausalDwStridingSubsampling,
     ConformerLayer,
     relative_positions,

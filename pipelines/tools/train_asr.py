@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from operators.nemo_checkpoint import EMBEDDED_MODEL, load_nemo, read_nemo_archive, save_nemo
-from operators.streaming_asr import (
+from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo, read_nemo_archive, save_nemo
+from operators.asr.streaming import (
     EncoderConfig,
     FastConformerASR,
     ModelConfig,

@@ -29,12 +29,13 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from operators import kaldi_fbank
-from operators.base import MediaError, TokenOutput
+from operators.asset_paths import asset_path
 from operators.kernels import nearest, rvq
-from operators.media_decode import ffmpeg_args, ffmpeg_error, ffmpeg_input, media_source, run_ffmpeg
-from operators.model_folder import load_array, load_model_info, save_model_folder
-from operators.patch_encoders import PatchEncoder, encoder_from_spec
+from operators.media import kaldi_fbank
+from operators.media.decode import ffmpeg_args, ffmpeg_error, ffmpeg_input, media_source, run_ffmpeg
+from operators.tokenizers.base import MediaError, TokenOutput
+from operators.tokenizers.encoders import PatchEncoder, encoder_from_spec
+from operators.tokenizers.model_folder import load_array, load_model_info, save_model_folder
 
 SAMPLE_RATE = 16000
 NORM_MEAN = -4.2677393
@@ -45,7 +46,7 @@ FREQ_PATCHES = kaldi_fbank.NUM_MEL_BINS // PATCH
 PATCH_DIM = PATCH * PATCH
 PATCHES_PER_SECOND = 100 / PATCH * FREQ_PATCHES
 RATE_TO_GROUP = {100: 1, 50: 2, 25: 4}
-DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(__file__), "assets", "semantic_audio")
+DEFAULT_MODEL_DIR = asset_path("semantic_audio")
 
 
 def decode_first_channel(data: bytes | str, sample_rate: int = SAMPLE_RATE,

@@ -30,7 +30,7 @@ import ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw
 
-from operators.media_decode import ffmpeg_args, run_ffmpeg
+from operators.media.decode import ffmpeg_args, run_ffmpeg
 from pipelines.common import ConfigError
 
 Member = Tuple[str, bytes]

@@ -2,21 +2,21 @@
 
 Register a new tokenizer by adding one ``name: "module:Class"`` entry to :data:`TOKENIZERS`.
 The class takes keyword options, has a ``modality`` class attribute and implements
-:class:`operators.base.Tokenizer`. Entries are imported only when used, so a job that
+:class:`operators.tokenizers.base.Tokenizer`. Entries are imported only when used, so a job that
 tokenizes JPEGs never imports torch; constructors must be cheap (weights load lazily).
 """
 
 import importlib
 from typing import Any, Callable, Dict
 
-from operators.base import Tokenizer
+from operators.tokenizers.base import Tokenizer
 
 TOKENIZERS: Dict[str, str] = {
-    "jpeg": "operators.jpeg_tokenizer:JpegTokenizer",
-    "avc": "operators.avc_tokenizer:AvcTokenizer",
-    "opus": "operators.opus_tokenizer:OpusTokenizer",
-    "semantic-audio": "operators.semantic_audio_tokenizer:SemanticAudioTokenizer",
-    "dual-image": "operators.dual_image_tokenizer:DualImageTokenizer",
+    "jpeg": "operators.tokenizers.jpeg:JpegTokenizer",
+    "avc": "operators.tokenizers.avc:AvcTokenizer",
+    "opus": "operators.tokenizers.opus:OpusTokenizer",
+    "semantic-audio": "operators.tokenizers.semantic_audio:SemanticAudioTokenizer",
+    "dual-image": "operators.tokenizers.dual_image:DualImageTokenizer",
 }
 
 DEFAULT_TOKENIZER_FOR_MODALITY: Dict[str, str] = {"image": "jpeg", "video": "avc", "audio": "opus"}

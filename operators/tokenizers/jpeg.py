@@ -13,9 +13,9 @@ from typing import Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from operators.base import MediaError, TokenOutput
-from operators.byte_tokens import bytes_to_tokens, tokens_to_bytes
-from operators.media_decode import decode_image
+from operators.media.decode import decode_image
+from operators.tokenizers.base import MediaError, TokenOutput
+from operators.tokenizers.byte_tokens import bytes_to_tokens, tokens_to_bytes
 
 _SOI = b"\xff\xd8"
 _EOI = b"\xff\xd9"

@@ -5,7 +5,7 @@ reads from a pipe or a local file only (``-protocol_whitelist file,pipe``) and i
 binary shipped by ``imageio-ffmpeg`` unless another one is configured. That binary has no
 ``ffprobe``, so :func:`probe` parses the stream summary ``ffmpeg -i`` prints on stderr.
 
-Every failure caused by the payload raises :class:`operators.base.MediaError` with a
+Every failure caused by the payload raises :class:`operators.tokenizers.base.MediaError` with a
 message that says what was wrong, so callers can turn it into a dead-letter row.
 """
 
@@ -24,7 +24,7 @@ import ffmpeg
 import numpy as np
 from PIL import Image, ImageOps
 
-from operators.base import MediaError
+from operators.tokenizers.base import MediaError
 
 FFMPEG_ENV = "MEDIABEAM_FFMPEG"
 PROTOCOL_WHITELIST = "file,pipe"

@@ -6,7 +6,7 @@ model sees where one media item ends and the next begins.
 
 import numpy as np
 
-from operators.base import MediaError
+from operators.tokenizers.base import MediaError
 
 BOS = 256
 EOS = 257
