@@ -8,21 +8,39 @@ Several states are interleaved so their dependency chains overlap in the CPU pip
 
 Symbols are encoded last to first (rANS is a stack) and words are written back to front, so
 the decoder reads words and produces symbols front to back. The stream starts with the final
-encoder states (high word, then low word, state 0 first). Decoding checks every read against
-the end of the stream and finally that every state is back at ``L`` and every word was used:
-a damaged stream raises ``RansError`` rather than returning plausible garbage.
+encoder states (high word, then low word, state 0 first). Decoding checks the stream length
+and finally that every state is back at ``L`` and every word was used: a damaged stream raises
+``RansError`` rather than returning plausible garbage.
 
-The quotient ``x // freq`` in the encoder comes from a float64 reciprocal plus one integer
-correction step (exact), which is several times faster than a 64-bit division.
+**The byte format does not depend on the CPU.** Both directions use only 64-bit integer
+arithmetic (no floating point, no ISA-specific instructions), so every host writes the same
+words and reads any host's streams.
+
+Speed (the loops are written for any x86-64 with AVX2 or without; none of it needs AVX-512):
+
+* Encoder: the quotient ``x // freq`` comes from a precomputed 64-bit reciprocal (Alverson's
+  method, as in ryg_rans' ``rans64``): ``q = mulhi64(x, rcp) >> shift`` is exact for every
+  state the encoder can hold, and ``C(s, x) = x + bias + q·(2^precision − freq)``. One
+  ``mul`` (64×64→128) replaces a 64-bit division, and no float conversion is needed (converting
+  between uint64 and float64 is a branchy multi-instruction sequence without AVX-512). The
+  per-symbol constants sit in one 32-byte record, and the word store and renormalisation
+  shift are branchless.
+* Decoder: the slot → symbol lookup (``decode_lut``) gives, per ``2^(precision − lut_bits)``
+  slots, the first symbol of that bucket and where its interval ends, so most symbols need one
+  table read instead of two dependent ones.
+* Both loops index with uint64 values: with signed indices Numba adds a negative-index check to
+  every table access.
 """
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 RANS_L = np.uint64(1 << 31)
 MAX_PRECISION = 24
 MAX_STATES = 64
-LUT_BITS = 12
+LUT_BITS = 12  # default ``decode_lut`` size; the decoder reads the size from the table it gets
 
 
 class RansError(ValueError):
@@ -47,106 +65,163 @@ def check_states(n_states: int) -> None:
         raise ValueError(f"n_states must be a power of two in 1..{MAX_STATES}, got {n_states}")
 
 
-def decode_lut(cdf: np.ndarray, precision: int) -> np.ndarray:
-    """Builds the decoder's slot → symbol lookup ([C, 2**min(precision, LUT_BITS)] uint16).
+def decode_lut(cdf: np.ndarray, precision: int, lut_bits: int = LUT_BITS) -> np.ndarray:
+    """Builds the decoder's slot → symbol lookup ([C, 2**min(precision, lut_bits)] uint64).
 
-    Entry ``j`` holds the symbol whose interval contains slot ``j << (precision - lut_bits)``;
-    the decoder then walks forward at most a few symbols to the exact one.
+    Entry ``j`` covers slots ``[j·w, (j + 1)·w)`` with ``w = 2**(precision − lut_bits)``: its low
+    32 bits hold the symbol ``s`` whose interval contains slot ``j·w``, its high 32 bits
+    ``cdf[s + 1]``, the end of that interval. A slot below that end decodes to ``s`` without a
+    further table read; the decoder walks forward from ``s`` otherwise.
     """
-    lut_bits = min(precision, LUT_BITS)
+    lut_bits = min(precision, lut_bits)
     slots = np.arange(1 << lut_bits, dtype=np.int64) << (precision - lut_bits)
-    lut = np.empty((cdf.shape[0], 1 << lut_bits), np.uint16)
+    lut = np.empty((cdf.shape[0], 1 << lut_bits), np.uint64)
     for c in range(cdf.shape[0]):
-        lut[c] = np.searchsorted(cdf[c].astype(np.int64), slots, side="right") - 1
+        row = cdf[c].astype(np.int64)
+        sym = np.searchsorted(row, slots, side="right") - 1
+        lut[c] = (row[sym + 1].astype(np.uint64) << np.uint64(32)) | sym.astype(np.uint64)
     return lut
+
+
+@intrinsic
+def _mulhi(typingctx, a, b):
+    """High 64 bits of the 128-bit product of two uint64 (one ``mul`` instruction)."""
+    sig = types.uint64(types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        i64, i128 = ir.IntType(64), ir.IntType(128)
+        wide = builder.mul(builder.zext(args[0], i128), builder.zext(args[1], i128))
+        return builder.trunc(builder.lshr(wide, ir.Constant(i128, 64)), i64)
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def _encode_table(cdf, n_used, precision):
+    """Per (channel, symbol): ``[x_max, rcp, bias, cmpl | shift << 32]`` (uint64).
+
+    ``x_max = freq << (63 − precision)`` is the renormalisation threshold. For ``freq ≥ 2``,
+    ``rcp = ceil(2^(63 + b) / freq)`` with ``b = ceil(log2 freq)`` and ``shift = b − 1`` give
+    ``mulhi64(x, rcp) >> shift = x // freq`` for every ``x < 2^63`` (Alverson), and
+    ``bias = start``. For ``freq = 1``, ``rcp = 2^64 − 1`` and ``shift = 0`` give ``q = x − 1`` and
+    ``bias = start + 2^precision − 1``, so that ``x + bias + q·cmpl = x·2^precision + start``.
+    """
+    n_symbols = cdf.shape[1] - 1
+    table = np.empty((n_used, n_symbols, 4), np.uint64)
+    total = np.uint64(1) << np.uint64(precision)
+    for c in range(n_used):
+        for s in range(n_symbols):
+            start = np.uint64(cdf[c, s])
+            freq = np.uint64(cdf[c, s + 1]) - start
+            table[c, s, 0] = freq << np.uint64(63 - precision)
+            if freq < 2:
+                rcp = np.uint64(0xFFFFFFFFFFFFFFFF)
+                shift = np.uint64(0)
+                bias = start + total - np.uint64(1)
+            else:
+                b = np.uint64(0)
+                while freq > (np.uint64(1) << b):
+                    b += np.uint64(1)
+                high = np.uint64(1) << (b + np.uint64(31))
+                t1 = high // freq
+                low = freq - np.uint64(1) + ((high % freq) << np.uint64(32))
+                rcp = low // freq + (t1 << np.uint64(32))
+                shift = b - np.uint64(1)
+                bias = start
+            table[c, s, 1] = rcp
+            table[c, s, 2] = bias
+            table[c, s, 3] = (total - freq) | (shift << np.uint64(32))
+    return table
 
 
 @njit(cache=True, nogil=True)
 def _encode(symbols, cdf, inner, n_channels, precision, n_states):
+    """Encodes ``symbols``; uint64 indices throughout (see ``_decode``)."""
     n = symbols.shape[0]
     out = np.empty(n + 2 * n_states + 1, np.uint32)
-    pos = out.shape[0]
+    pos = np.uint64(out.shape[0])
     states = np.full(n_states, RANS_L, np.uint64)
-    freq_shift = np.uint64(63 - precision)
-    prec = np.uint64(precision)
     n_rows = (n + inner - 1) // inner
-    state_mask = n_states - 1
-    n_used = min(n_channels, n_rows)
-    recip = np.empty((n_used, cdf.shape[1] - 1), np.float64)
-    for c in range(n_used):
-        for s in range(cdf.shape[1] - 1):
-            recip[c, s] = 1.0 / (np.float64(cdf[c, s + 1]) - np.float64(cdf[c, s]))
+    state_mask = np.uint64(n_states - 1)
+    table = _encode_table(cdf, min(n_channels, n_rows), precision).ravel()
+    row_length = np.uint64(4 * (cdf.shape[1] - 1))
+    low32 = np.uint64(0xFFFFFFFF)
+    one = np.uint64(1)
     for r in range(n_rows - 1, -1, -1):
-        c = r % n_channels
-        lo = r * inner
-        hi = min(lo + inner, n)
-        for i in range(hi - 1, lo - 1, -1):
-            s = symbols[i]
-            start = np.uint64(cdf[c, s])
-            freq = np.uint64(cdf[c, s + 1]) - start
+        base = np.uint64(r % n_channels) * row_length
+        lo = np.uint64(r * inner)
+        i = np.uint64(min(r * inner + inner, n))
+        while i > lo:
+            i -= one
+            e = base + (np.uint64(symbols[i]) << np.uint64(2))
             k = i & state_mask
             x = states[k]
-            spill = np.uint64(x >= (freq << freq_shift))
-            out[pos - 1] = np.uint32(x & np.uint64(0xFFFFFFFF))
+            spill = np.uint64(x >= table[e])
+            out[pos - one] = np.uint32(x & low32)
             pos -= spill
             x >>= spill << np.uint64(5)
-            q = np.uint64(np.float64(x) * recip[c, s])
-            rem = np.int64(x - q * freq)
-            while rem < 0:
-                q -= np.uint64(1)
-                rem += np.int64(freq)
-            while rem >= np.int64(freq):
-                q += np.uint64(1)
-                rem -= np.int64(freq)
-            states[k] = (q << prec) + np.uint64(rem) + start
+            packed = table[e + np.uint64(3)]
+            q = _mulhi(x, table[e + one]) >> (packed >> np.uint64(32))
+            states[k] = x + table[e + np.uint64(2)] + q * (packed & low32)
     for k in range(n_states - 1, -1, -1):
-        pos -= 1
-        out[pos] = np.uint32(states[k] & np.uint64(0xFFFFFFFF))
-        pos -= 1
+        pos -= one
+        out[pos] = np.uint32(states[k] & low32)
+        pos -= one
         out[pos] = np.uint32(states[k] >> np.uint64(32))
     return out[pos:].copy()
 
 
 @njit(cache=True, nogil=True)
 def _decode(words, n, cdf, lut, inner, n_channels, precision, n_states, out):
-    """Returns 0 on success, 1 if the stream ran out, 2 if it did not end cleanly."""
+    """Returns 0 on success, 1 if the stream ran out, 2 if it did not end cleanly.
+
+    ``cdf`` and ``lut`` come flattened (row ``c`` starts at ``c·row_length``). Every index is
+    uint64: signed indices would make Numba add a negative-index wraparound to each access.
+    """
     n_words = words.shape[0]
     if n_words < 2 * n_states:
         return 1
     states = np.empty(n_states, np.uint64)
     for k in range(n_states):
         states[k] = (np.uint64(words[2 * k]) << np.uint64(32)) | np.uint64(words[2 * k + 1])
-    pos = 2 * n_states
+    one = np.uint64(1)
+    pos = np.uint64(2 * n_states)
+    last = np.uint64(n_words - 1)
     prec = np.uint64(precision)
     mask = np.uint64((1 << precision) - 1)
-    lut_shift = np.uint64(precision - min(precision, LUT_BITS))
+    lut_row = np.uint64(lut.shape[0] // n_channels)
+    lut_shift = np.uint64(precision)
+    while lut_shift > 0 and (np.uint64(1) << (np.uint64(precision) - lut_shift)) < lut_row:
+        lut_shift -= np.uint64(1)
+    cdf_row = np.uint64(cdf.shape[0] // n_channels)
+    low32 = np.uint64(0xFFFFFFFF)
     n_rows = (n + inner - 1) // inner
-    state_mask = n_states - 1
+    state_mask = np.uint64(n_states - 1)
     for r in range(n_rows):
-        c = r % n_channels
-        lo = r * inner
-        hi = min(lo + inner, n)
+        c = np.uint64(r % n_channels)
+        lbase = c * lut_row
+        cbase = c * cdf_row
+        lo = np.uint64(r * inner)
+        hi = np.uint64(min(r * inner + inner, n))
         for i in range(lo, hi):
             k = i & state_mask
             x = states[k]
             slot = x & mask
-            s = np.int64(lut[c, slot >> lut_shift])
-            while np.uint64(cdf[c, s + 1]) <= slot:
-                s += 1
-            start = np.uint64(cdf[c, s])
-            freq = np.uint64(cdf[c, s + 1]) - start
-            x = freq * (x >> prec) + slot - start
+            entry = lut[lbase + (slot >> lut_shift)]
+            s = cbase + (entry & low32)
+            if slot >= entry >> np.uint64(32):
+                s += one
+                while np.uint64(cdf[s + one]) <= slot:
+                    s += one
+            start = np.uint64(cdf[s])
+            x = (np.uint64(cdf[s + one]) - start) * (x >> prec) + slot - start
             refill = x < RANS_L
-            if pos >= n_words:
-                if refill:
-                    return 1
-            else:
-                w = np.uint64(words[pos])
-                if refill:
-                    x = (x << np.uint64(32)) | w
-                pos += refill
-            states[k] = x
-            out[i] = s
+            w = np.uint64(words[min(pos, last)])
+            states[k] = ((x << np.uint64(32)) | w) if refill else x
+            pos += np.uint64(refill)
+            out[i] = s - cbase
+    if pos > n_words:
+        return 1
     if pos != n_words:
         return 2
     for k in range(n_states):
@@ -217,10 +292,9 @@ def rans_decode(
     out = np.empty(n, dtype)
     inner = inner or max(n, 1)
     words = np.ascontiguousarray(words, dtype=np.uint32)
-    status = _decode(words, n, cdf, lut, inner, cdf.shape[0], precision, n_states, out)
+    status = _decode(words, n, cdf.ravel(), lut.ravel(), inner, cdf.shape[0], precision, n_states, out)
     if status == 1:
         raise RansError("rANS stream is truncated: it ran out of words before the last symbol")
     if status == 2:
         raise RansError("rANS stream did not end in the initial state: damaged or wrong tables")
     return out
-
