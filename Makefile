@@ -1,26 +1,35 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# CPU only by default; `make install-cuda` adds the CUDA toolchain (numba-cuda) where a GPU is wanted.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q --disable-pip-version-check
+# Extra pip flags for torch, e.g. TORCH_PIP_FLAGS='--index-url https://download.pytorch.org/whl/cpu'
+# where the default index would bring the CUDA build.
+TORCH_PIP_FLAGS ?=
 SAMPLES := data/samples
 DEMO_OUT := out/demo
 
-.PHONY: install demo test bench assets samples clean
+.PHONY: install install-cuda demo test bench assets samples clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,bench,cuda]'
-	touch $@
+	@echo "installing into $(VENV) (a few minutes the first time)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install --upgrade pip
+	@$(PIP) install $(TORCH_PIP_FLAGS) torch==2.13.0
+	@$(PIP) install -e '.[test,bench]'
+	@touch $@
+
+install-cuda: install
+	@$(PIP) install -e '.[cuda]'
 
 samples: install
-	$(VENV)/bin/mediabeam make-samples --output $(SAMPLES)
+	@$(VENV)/bin/mediabeam make-samples --output $(SAMPLES)
 
 demo: samples
-	$(VENV)/bin/mediabeam build-corpus --input '$(SAMPLES)/shard-{000000..000003}.tar' --output $(DEMO_OUT)
+	@$(VENV)/bin/mediabeam build-corpus --input '$(SAMPLES)/shard-{000000..000003}.tar' --output $(DEMO_OUT)
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -40,7 +49,7 @@ assets: install
 	$(VENV)/bin/mediabeam make-tokenizer-assets
 	$(PY) -m operators.compression.split_compute
 	command -v espeak-ng >/dev/null || (apt-get update && apt-get install -y espeak-ng)
-	$(VENV)/bin/mediabeam train-asr
+	$(VENV)/bin/mediabeam train-asr --install-as-default
 
 clean:
-	rm -rf $(VENV) out $(SAMPLES) *.egg-info
+	rm -rf $(VENV) out $(SAMPLES) *.egg-info build

@@ -1,15 +1,27 @@
-"""Installs mediabeam; Beam workers install the job through ``--setup_file ./setup.py``."""
+"""Installs mediabeam; Beam workers install the job through ``--setup_file ./setup.py``.
 
-from setuptools import find_packages, setup
+The CUDA toolchain (``numba-cuda``) is the opt-in ``cuda`` extra (``make install-cuda``): a
+CPU machine runs every job and test without it.
+"""
+
+from setuptools import find_namespace_packages, find_packages, setup
+
+# operators/assets holds data only (models, codebooks); listing its folders as namespace
+# packages ships their files as package data without setuptools' "absent from packages" warning.
+# package_dir {"": "."} (the flat layout, said explicitly) makes an editable install a plain .pth
+# entry instead of setuptools' import finder, which warns on every `pip install -e .`.
+ASSET_PACKAGES = find_namespace_packages(
+    include=["operators.assets", "operators.assets.*"], exclude=["*.__pycache__"]
+)
 
 setup(
     name="mediabeam",
     version="0.1.0",
     description="Apache Beam pipelines that run model-backed operators over sharded media.",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipelines*", "transforms*", "operators*", "schemas*"]),
-    package_data={"operators": ["assets/*", "assets/*/*", "assets/*/*/*"]},
-    include_package_data=True,
+    package_dir={"": "."},
+    packages=find_packages(include=["pipelines*", "transforms*", "operators*", "schemas*"]) + ASSET_PACKAGES,
+    package_data={name: ["*"] for name in ASSET_PACKAGES},
     install_requires=[
         "apache-beam>=2.60,<3",
         "torch>=2.2,<3",
@@ -27,7 +39,7 @@ setup(
         "matplotlib>=3.8,<4",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "constriction>=0.4,<1"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "constriction>=0.4,<1", "duckdb>=1.0", "datasets>=3"],
         "bench": ["faiss-cpu>=1.8,<2", "constriction>=0.4,<1", "zstandard>=0.22", "matplotlib>=3.8"],
         "cuda": ["numba-cuda[cu13]>=0.20"],
     },

@@ -28,8 +28,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from operators.asr.config import EncoderConfig, ModelConfig  # noqa: E402
+from operators.asr.model import random_model  # noqa: E402
 from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo  # noqa: E402
-from operators.asr.streaming import CharVocabulary, EncoderConfig, ModelConfig, StreamingASR, random_model  # noqa: E402
+from operators.asr.streaming import StreamingASR  # noqa: E402
+from operators.asr.vocabulary import CharVocabulary  # noqa: E402
 
 LARGE = EncoderConfig(n_layers=17, d_model=512, n_heads=8, subsampling_conv_channels=256)
 MEL_HOP_S = 0.01

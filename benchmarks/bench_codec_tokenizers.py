@@ -14,7 +14,7 @@ from typing import Callable, List
 import numpy as np
 from PIL import Image, ImageOps
 
-from operators.media.decode import decode_audio
+from operators.media.audio import decode_audio
 from operators.tokenizers.registry import build_tokenizer
 from pipelines.tools.make_samples import synthetic_audio, synthetic_image, synthetic_video
 

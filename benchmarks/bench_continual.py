@@ -22,7 +22,8 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from operators.video.x3d import BottleneckBlock, ProjectedPool, ResBlock, ResNetBasicStem, co_x3d, x3d_s
+from operators.video.co_x3d import co_x3d
+from operators.video.x3d import BottleneckBlock, ProjectedPool, ResBlock, ResNetBasicStem, x3d_s
 
 
 def count_macs(net: nn.Module, clip: torch.Tensor) -> Dict[str, float]:

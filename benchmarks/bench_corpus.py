@@ -23,7 +23,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from operators.media.decode import decode_audio, ffmpeg_binary, probe
+from operators.media.audio import decode_audio
+from operators.media.ffmpeg_io import ffmpeg_binary
+from operators.media.probe import probe
 from operators.tokenizers.registry import build_tokenizer
 from pipelines import build_corpus
 from pipelines.tools.make_samples import synthetic_audio, synthetic_video, write_tar

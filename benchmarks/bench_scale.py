@@ -39,8 +39,11 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from operators.asr.config import EncoderConfig, ModelConfig
+from operators.asr.model import random_model
 from operators.asr.nemo_checkpoint import EMBEDDED_MODEL
-from operators.asr.streaming import CharVocabulary, EncoderConfig, ModelConfig, StreamingASR, random_model
+from operators.asr.streaming import StreamingASR
+from operators.asr.vocabulary import CharVocabulary
 from operators.tokenizers.base import first_member
 from operators.tokenizers.registry import DEFAULT_TOKENIZER_FOR_MODALITY, build_tokenizer
 from pipelines import build_corpus

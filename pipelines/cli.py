@@ -1,6 +1,8 @@
 """The ``mediabeam`` command: one sub-command per job, each with Beam's PipelineOptions."""
 
+import difflib
 import importlib
+import importlib.metadata
 import sys
 from typing import Dict, List, Optional
 
@@ -32,15 +34,16 @@ DESCRIPTIONS: Dict[str, str] = {
     "live-video": "live per-frame CoX3D predictions for concurrent video streams over TCP",
     "send": "stream a local audio/video file to a live pipeline (real time or faster)",
     "train-asr": "train the embedded streaming ASR model on synthetic espeak-ng speech",
-    "transcribe": "speech to text (Parquet/JSONL) with a cache-aware streaming FastConformer",
+    "transcribe": "speech to text per shard (Parquet) with a cache-aware streaming FastConformer",
     "video-features": "per-frame continual X3D (CoX3D) predictions for video shards, to Parquet",
 }
 
 
 def _usage() -> str:
-    lines = ["usage: mediabeam JOB [job flags] [Beam pipeline options]", "", "jobs:"]
+    lines = ["usage: mediabeam JOB [job flags] [Beam pipeline options]", "       mediabeam --version", "",
+             "jobs:"]
     for name in sorted(JOBS):
-        lines.append(f"  {name:<20} {DESCRIPTIONS.get(name, '')}")
+        lines.append(f"  {name:<22} {DESCRIPTIONS.get(name, '')}")
     lines += [
         "",
         "Run `mediabeam JOB --help` for a job's flags. Standard Beam options (--runner,",
@@ -49,15 +52,34 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def version() -> str:
+    """The installed package's version (``unknown`` when run from a bare checkout)."""
+    try:
+        return importlib.metadata.version("mediabeam")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def suggest_job(name: str) -> Optional[str]:
+    """The job ``name`` most likely meant (``build_corpus`` → ``build-corpus``), if any."""
+    near = difflib.get_close_matches(name.replace("_", "-").lower(), list(JOBS), n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Dispatches to a job; bad configuration exits 2 with a message saying how to fix it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"mediabeam {version()}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in JOBS:
-        print(f"mediabeam: unknown job {name!r}.\n\n{_usage()}", file=sys.stderr)
+        near = suggest_job(name)
+        hint = f" Did you mean {near!r}?" if near else ""
+        print(f"mediabeam: unknown job {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, func_name = JOBS[name].split(":")
     job = getattr(importlib.import_module(module_name), func_name)

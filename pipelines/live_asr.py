@@ -12,27 +12,29 @@ import os
 from typing import Optional, Sequence
 
 from operators.asr.stream_engine import load_live_asr
+from pipelines.asr_flags import parse_context
 from pipelines.common import ConfigError, parse_job_args
 from pipelines.live_common import add_live_flags, check_live_flags, run_live
-from pipelines.transcribe import parse_context
 
 
 def run(argv: Optional[Sequence[str]] = None, test_pipeline=None):
     """Parses flags, checks them and runs the live pipeline until its source ends; returns the result."""
-    parser = argparse.ArgumentParser(prog="mediabeam live-asr", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="mediabeam live-asr", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=None, help=".nemo model (default: the embedded model)")
     parser.add_argument("--att-context", default=None, help="look-ahead L,R (70,13 → 1.12 s chunks)")
     parser.add_argument("--decoder", choices=("ctc", "rnnt"), default=None, help="hybrid models: which head")
     add_live_flags(parser)
     args, options = parse_job_args(parser, argv)
-    check_live_flags(args)
+    budgets = check_live_flags(args)
     if args.model is None:
         from operators.asr.nemo_checkpoint import EMBEDDED_MODEL
 
         if not os.path.isfile(EMBEDDED_MODEL):
-            raise ConfigError(f"the embedded model {EMBEDDED_MODEL} is missing; run `mediabeam train-asr` or pass --model")
+            raise ConfigError(f"the embedded model {EMBEDDED_MODEL} is missing; "
+                              "run `mediabeam train-asr` or pass --model")
     elif not os.path.isfile(args.model):
         raise ConfigError(f"--model {args.model!r} does not exist; pass a .nemo file or omit it for the default")
     factory = functools.partial(load_live_asr, args.model, parse_context(args.att_context), args.decoder)
     name = os.path.basename(args.model) if args.model else "asr_default"
-    return run_live(args, options, factory, name, test_pipeline)
+    return run_live(args, budgets, options, factory, name, test_pipeline)

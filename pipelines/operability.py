@@ -3,8 +3,8 @@
 Launcher-side progress (shards and samples done of the total, rate, ETA) comes from
 :class:`ProgressMonitor` with a ``done_fn`` that watches the output instead of asking the
 runner, so it works on every runner whose output the launcher can list (local disk, GCS,
-S3): :func:`manifest_progress` counts finished shards (``_manifests/<stem>.json`` with a
-``records`` count, see ``transforms.io.write_shards``), and :func:`output_progress` adds the
+S3): :func:`manifest_progress` counts finished shards (``__manifests/<name>.json`` with a
+``records`` count, see ``transforms.io.sink``), and :func:`output_progress` adds the
 live counts that ``transforms.progress.CountStage`` steps write while shards are still
 being processed (a batch writer only runs after a shuffle barrier). :func:`run_pipeline` runs a
 pipeline under a monitor and returns its Beam metrics as plain dicts; :func:`stage_throughput`
@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, TextIO, Tuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.io.write_shards import manifest_path
+from transforms.io.layout import MANIFEST_DIR, manifest_path
 from transforms.progress import NAMESPACE as PROGRESS_NAMESPACE
 from transforms.progress import read_progress
 
@@ -33,7 +33,7 @@ def manifest_progress(output_dir: str, sources: Sequence[str], since_s: float) -
     after ``since_s`` (epoch seconds); each manifest is read once."""
     wanted = {manifest_path(output_dir, s) for s in sources}
     seen: Dict[str, int] = {}
-    pattern = FileSystems.join(output_dir, "_manifests", "*.json")
+    pattern = FileSystems.join(output_dir, MANIFEST_DIR, "*.json")
 
     def done() -> Tuple[int, int]:
         for result in FileSystems.match([pattern]):
@@ -78,14 +78,16 @@ class ProgressMonitor:
         done_fn: Returns ``(units done, samples done)``; must be cheap.
         interval_s: Seconds between two lines.
         unit: Name of the unit in the line.
+        sample_unit: Name of the second figure (samples, frames ...).
         stream: Where lines go (stderr by default, so stdout stays the job's summary).
     """
 
     def __init__(
         self, total: int, done_fn: DoneFn, interval_s: float = 10.0, unit: str = "shards",
-        stream: Optional[TextIO] = None,
+        stream: Optional[TextIO] = None, sample_unit: str = "samples",
     ):
         self.total, self._done_fn, self._interval, self._unit = total, done_fn, interval_s, unit
+        self._sample_unit = sample_unit
         self._stream = stream or sys.stderr
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -99,8 +101,8 @@ class ProgressMonitor:
         pct = 100.0 * done / self.total if self.total else 100.0
         eta = _clock(elapsed / done * (self.total - done)) if done else "unknown"
         return (
-            f"progress: {done}/{self.total} {self._unit} ({pct:.0f}%), {samples} samples, "
-            f"{samples / elapsed:.1f} samples/s, elapsed {_clock(elapsed)}, ETA {eta}"
+            f"progress: {done}/{self.total} {self._unit} ({pct:.0f}%), {samples} {self._sample_unit}, "
+            f"{samples / elapsed:.1f} {self._sample_unit}/s, elapsed {_clock(elapsed)}, ETA {eta}"
         )
 
     def _emit(self) -> None:

@@ -1,12 +1,13 @@
-"""The run report written next to a corpus: ``report.json`` stats and a self-contained
+"""The run report written next to a job's output: ``report.json`` stats and a self-contained
 ``report.html`` with plots, the page a person opens instead of reading logs.
 
 Plots (inline SVG drawn here, so the page has no external file and writing it costs
-milliseconds, not a plotting library's import):
-tokens per sample per modality, bitrate of the source media (audio/video), throughput per
-stage, and dead letters by stage and reason. The data are the corpus and dead-letter
-Parquet files of the whole output (a resumed or retried output is reported whole), plus
-this run's summary and Beam metrics.
+milliseconds, not a plotting library's import): for token tables, tokens per sample per
+modality (log axis: one long clip must not hide every image) and the bitrate of the source
+media; for every job, throughput per stage (samples per second; stages that count shards are
+in the table only) and dead letters by stage and reason. The data are the product Parquet
+parts and dead letters of the whole output (a resumed or retried output is reported whole),
+plus this run's summary and Beam metrics. Both files go under ``<output>/__job/``.
 """
 
 import html
@@ -19,76 +20,92 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.io.write_shards import write_atomic
+from pipelines import job_output
+from transforms.io.layout import join
+from transforms.io.sink import read_manifests
 
-_CORPUS_COLUMNS = ["modality", "num_tokens", "duration_s", "source_bytes"]
-_DEAD_COLUMNS = ["stage", "error_type", "message"]
+_TOKEN_COLUMNS = ["modality", "num_tokens", "duration_s", "source_bytes"]
+SHARD_STAGES = ("ShardsRead", "Write")
+"""``CountStage`` stages that count shards, not samples."""
 
 
-def _read_tables(pattern: str, columns: List[str]) -> Optional[pa.Table]:
+def _read_product(output_dir: str, manifests: List[Dict[str, Any]]) -> Optional[pa.Table]:
+    """The product Parquet parts of ``manifests``; token columns only when the table has them."""
     tables = []
-    for result in FileSystems.match([pattern]):
-        for meta in sorted(result.metadata_list, key=lambda m: m.path):
-            with FileSystems.open(meta.path) as f:
-                tables.append(pq.read_table(f, columns=columns))
-    return pa.concat_tables(tables) if tables else None
+    for manifest in manifests:
+        for rel in sorted(f for f in manifest.get("files", []) if f.endswith(".parquet")):
+            with FileSystems.open(join(output_dir, rel)) as f:
+                parquet = pq.ParquetFile(f)
+                names = parquet.schema_arrow.names
+                columns = [c for c in _TOKEN_COLUMNS if c in names] if "num_tokens" in names else []
+                tables.append(pq.read_table(f, columns=columns) if columns else pa.table({"_": pa.nulls(parquet.metadata.num_rows)}))
+    return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
-def _distribution(values: np.ndarray, bins: int = 30) -> Dict[str, Any]:
-    """Percentiles and a histogram (so the JSON stays small on any corpus size)."""
+def _distribution(values: np.ndarray, bins: int = 30, log: bool = False) -> Dict[str, Any]:
+    """Percentiles and a histogram (so the JSON stays small on any corpus size); ``log`` bins
+    evenly on a log scale (values below 1 go to the first bin)."""
     p = np.percentile(values, [0, 50, 90, 99, 100])
-    counts, edges = np.histogram(values, bins=bins)
+    if log:
+        low, high = max(float(values.min()), 1.0), max(float(values.max()), 2.0)
+        edges = np.geomspace(low, high if high > low else low * 2, bins + 1)
+        counts, edges = np.histogram(np.clip(values, low, None), bins=edges)
+    else:
+        counts, edges = np.histogram(values, bins=bins)
     return {
         "count": int(values.size), "mean": round(float(values.mean()), 3),
         **{k: round(float(v), 3) for k, v in zip(("min", "p50", "p90", "p99", "max"), p)},
-        "histogram": {"counts": counts.tolist(), "edges": np.round(edges, 3).tolist()},
+        "histogram": {"counts": counts.tolist(), "edges": np.round(edges, 3).tolist(), "log": log},
     }
 
 
 def report_stats(output_dir: str, summary: Dict[str, Any], throughput: Dict[str, Any],
                  metrics: Dict[str, Any]) -> Dict[str, Any]:
     """Everything the report shows, as JSON-ready data (this is ``report.json``)."""
-    corpus = _read_tables(FileSystems.join(output_dir, "corpus", "*.parquet"), _CORPUS_COLUMNS)
-    dead = _read_tables(FileSystems.join(output_dir, "dead_letters", "*.parquet"), _DEAD_COLUMNS)
+    manifests = read_manifests(output_dir)
+    product = _read_product(output_dir, manifests)
+    dead = job_output.read_dead_letters(manifests, output_dir)
     tokens: Dict[str, Any] = {}
     bitrate: Dict[str, Any] = {}
-    if corpus is not None:
-        data = corpus.to_pydict()
+    if product is not None and "num_tokens" in product.column_names:
+        data = product.to_pydict()
         modality = np.array(data["modality"])
         num_tokens = np.array(data["num_tokens"], dtype=np.float64)
         duration = np.array([d if d else np.nan for d in data["duration_s"]], dtype=np.float64)
         size = np.array(data["source_bytes"], dtype=np.float64)
         for m in sorted(set(modality.tolist())):
             pick = modality == m
-            tokens[m] = _distribution(num_tokens[pick])
+            tokens[m] = _distribution(num_tokens[pick], log=True)
             timed = pick & np.isfinite(duration) & (duration > 0)
             if timed.any():
-                kbps = size[timed] * 8 / duration[timed] / 1000
-                bitrate[m] = _distribution(kbps)
+                bitrate[m] = _distribution(size[timed] * 8 / duration[timed] / 1000)
     reasons: Counter = Counter()
-    messages: Counter = Counter()
-    if dead is not None:
-        for stage, error_type, message in zip(*(dead.column(c).to_pylist() for c in _DEAD_COLUMNS)):
-            reasons[f"{stage}: {error_type}"] += 1
-            messages[(stage, error_type, message[:200])] += 1
+    messages: Dict[tuple, List[str]] = {}
+    for d in dead:
+        reasons[f"{d['stage']}: {d['error_type']}"] += 1
+        messages.setdefault((d["stage"], d["error_type"], d["message"][:200]), []).append(d["key"])
+    top = sorted(messages.items(), key=lambda item: -len(item[1]))[:20]
     return {
         "output": output_dir,
+        "job": summary.get("job", ""),
         "run": summary,
-        "corpus_rows": 0 if corpus is None else corpus.num_rows,
-        "dead_letter_rows": 0 if dead is None else dead.num_rows,
+        "product_rows": 0 if product is None else product.num_rows,
+        "corpus_rows": 0 if product is None else product.num_rows,
+        "dead_letter_rows": len(dead),
         "tokens_per_sample": tokens,
         "source_bitrate_kbps": bitrate,
         "stage_throughput": throughput,
         "dead_letters_by_reason": dict(reasons.most_common()),
         "top_dead_letter_messages": [
-            {"stage": s, "error_type": e, "message": m, "count": n} for (s, e, m), n in messages.most_common(20)
+            {"stage": s, "error_type": e, "message": m, "count": len(keys), "keys": sorted(keys)[:5]}
+            for (s, e, m), keys in top
         ],
         "metrics": metrics,
     }
 
 
 _WIDTH, _HEIGHT = 560, 300
-_LEFT, _RIGHT, _TOP, _BOTTOM = 150, 40, 34, 46
+_LEFT, _RIGHT, _TOP, _BOTTOM = 70, 40, 34, 46
 _PLOT_W, _PLOT_H = _WIDTH - _LEFT - _RIGHT, _HEIGHT - _TOP - _BOTTOM
 _PALETTE = ("#8172b3", "#937860", "#c44e52")
 _MODALITY_COLORS = {"audio": "#4878a8", "image": "#dd8452", "video": "#55a868"}  # the same in every plot
@@ -138,17 +155,27 @@ def _x_axis(ticks: List[float], x_of, lines: bool) -> List[str]:
     return out
 
 
+def _log_ticks(low: float, high: float) -> List[float]:
+    """1-2-5 ticks per decade between ``low`` and ``high`` (only powers of ten over many decades)."""
+    decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+    steps = (1,) if len(decades) > 4 else (1, 2, 5)
+    return [float(m * 10.0 ** e) for e in decades for m in steps if low <= m * 10.0 ** e <= high] or [low, high]
+
+
 def _histogram_plot(distributions: Dict[str, Dict[str, Any]], xlabel: str, title: str) -> str:
-    """One translucent filled histogram per modality on shared axes, with a legend."""
+    """One translucent filled histogram per modality on shared axes, with a legend; a log
+    x axis when the histograms were binned on one."""
     hists = {m: d["histogram"] for m, d in distributions.items()}
     edges = [e for h in hists.values() for e in h["edges"]]
-    low, high = (min(edges), max(edges)) if edges else (0.0, 1.0)
+    log = any(h.get("log") for h in hists.values())
+    low, high = (min(edges), max(edges)) if edges else (1.0, 10.0)
     high = high if high > low else low + 1.0
+    scale = np.log10 if log else (lambda v: v)
     top = max([max(h["counts"]) for h in hists.values() if h["counts"]] or [1])
     y_ticks = _ticks(top, 4)
 
     def x_of(v: float) -> float:
-        return _LEFT + (v - low) / (high - low) * _PLOT_W
+        return _LEFT + (scale(v) - scale(low)) / (scale(high) - scale(low)) * _PLOT_W
 
     def y_of(v: float) -> float:
         return _HEIGHT - _BOTTOM - v / y_ticks[-1] * _PLOT_H
@@ -159,9 +186,12 @@ def _histogram_plot(distributions: Dict[str, Dict[str, Any]], xlabel: str, title
                     f'<text x="{_LEFT - 6}" y="{y_of(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
     body.append(f'<text x="{_LEFT - 40}" y="{_TOP + _PLOT_H / 2}" text-anchor="middle" '
                 f'transform="rotate(-90 {_LEFT - 40} {_TOP + _PLOT_H / 2})">samples</text>')
-    step = _nice_step(high - low, 5)
-    first = np.ceil(low / step) * step
-    body += _x_axis([float(v) for v in np.arange(first, high + step * 1e-9, step)], x_of, lines=False)
+    if log:
+        x_ticks = _log_ticks(low, high)
+    else:
+        step = _nice_step(high - low, 5)
+        x_ticks = [float(v) for v in np.arange(np.ceil(low / step) * step, high + step * 1e-9, step)]
+    body += _x_axis(x_ticks, x_of, lines=log)
     for i, (modality, hist) in enumerate(hists.items()):
         color = _MODALITY_COLORS.get(modality, _PALETTE[i % len(_PALETTE)])
         points = [f"{x_of(hist['edges'][0]):.1f},{y_of(0):.1f}"]
@@ -173,80 +203,100 @@ def _histogram_plot(distributions: Dict[str, Dict[str, Any]], xlabel: str, title
         body.append(f'<rect x="{_WIDTH - _RIGHT - 150}" y="{y - 9}" width="12" height="10" fill="{color}"/>'
                     f'<text x="{_WIDTH - _RIGHT - 134}" y="{y}">'
                     f'{html.escape(modality)} (n={distributions[modality]["count"]})</text>')
-    return _svg(title, xlabel, body)
+    return _svg(title, xlabel + (" (log scale)" if log else ""), body)
 
 
 def _bar_plot(values: Dict[str, float], xlabel: str, title: str, color: str) -> str:
-    """Horizontal bars, one per key, labelled with the key and the value."""
+    """Horizontal bars, one per key; each key is written in full above its bar (so long
+    reasons are never clipped) and the value at the bar's end."""
     ticks = _ticks(max(list(values.values()) + [0.0]))
+    left = 12
 
     def x_of(v: float) -> float:
-        return _LEFT + v / ticks[-1] * _PLOT_W
+        return left + v / ticks[-1] * (_WIDTH - _RIGHT - left - 40)
 
     body = _x_axis(ticks, x_of, lines=True)
-    slot = min(_PLOT_H / max(len(values), 1), 36.0)
+    slot = min(_PLOT_H / max(len(values), 1), 40.0)
     for i, (name, value) in enumerate(values.items()):
         y = _TOP + i * slot
-        label = name if len(name) <= 24 else name[:23] + "…"
-        body.append(f'<rect x="{_LEFT}" y="{y + slot * 0.15:.1f}" width="{x_of(value) - _LEFT:.1f}" '
-                    f'height="{slot * 0.7:.1f}" fill="{color}"><title>{html.escape(name)}: {_fmt(value)}</title></rect>'
-                    f'<text x="{_LEFT - 6}" y="{y + slot / 2 + 4:.1f}" text-anchor="end">{html.escape(label)}</text>'
-                    f'<text x="{x_of(value) + 4:.1f}" y="{y + slot / 2 + 4:.1f}">{_fmt(value)}</text>')
+        bar_h = max(slot - 16, 4.0)
+        body.append(f'<text x="{left}" y="{y + 11:.1f}">{html.escape(name)}</text>'
+                    f'<rect x="{left}" y="{y + 14:.1f}" width="{max(x_of(value) - left, 1):.1f}" '
+                    f'height="{bar_h:.1f}" fill="{color}"><title>{html.escape(name)}: {_fmt(value)}</title></rect>'
+                    f'<text x="{x_of(value) + 4:.1f}" y="{y + 14 + bar_h / 2 + 4:.1f}">{_fmt(value)}</text>')
     return _svg(title, xlabel, body)
 
 
+def per_sample_throughput(throughput: Dict[str, Any]) -> Dict[str, float]:
+    """Stages that count samples (or inferences), with their rate; shard-counting stages left out."""
+    return {stage: t["per_s"] for stage, t in throughput.items() if stage not in SHARD_STAGES}
+
+
 def _plots(stats: Dict[str, Any]) -> Dict[str, str]:
-    throughput = {stage: s["per_s"] for stage, s in stats["stage_throughput"].items()}
-    return {
-        "tokens": _histogram_plot(stats["tokens_per_sample"], "tokens per sample", "Tokens per sample"),
-        "bitrate": _histogram_plot(stats["source_bitrate_kbps"], "source bitrate (kb/s)",
-                                   "Bitrate of audio/video members"),
-        "throughput": _bar_plot(throughput, "elements per second", "Throughput per stage", "#4878a8"),
-        "dead_letters": _bar_plot(stats["dead_letters_by_reason"], "dead letters",
-                                  "Dead letters by stage and reason", "#c44e52"),
-    }
+    plots = {}
+    if stats["tokens_per_sample"]:
+        plots["tokens"] = _histogram_plot(stats["tokens_per_sample"], "tokens per sample", "Tokens per sample")
+        plots["bitrate"] = _histogram_plot(stats["source_bitrate_kbps"], "source bitrate (kb/s)",
+                                           "Bitrate of audio/video members")
+    plots["throughput"] = _bar_plot(per_sample_throughput(stats["stage_throughput"]), "samples per second",
+                                    "Throughput per stage (samples)", "#4878a8")
+    plots["dead_letters"] = _bar_plot(stats["dead_letters_by_reason"], "dead letters",
+                                      "Dead letters by stage and reason", "#c44e52")
+    return plots
+
+
+def _cell(value: Any) -> str:
+    """A table cell: dicts as ``name: value`` lines, lists comma-separated, never raw JSON."""
+    if isinstance(value, dict):
+        if not value:
+            return "—"
+        return "<br>".join(f"{html.escape(str(k))}: {_cell(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return html.escape(", ".join(str(v) for v in value)) if value else "—"
+    return html.escape(str(value))
 
 
 def _table(rows: List[List[Any]], header: List[str]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def render_html(stats: Dict[str, Any]) -> str:
-    """The report page: summary table, four plots, stage throughput, top dead-letter messages."""
+    """The report page: summary table, plots, stage throughput, top dead-letter messages."""
     run = stats["run"]
-    summary_rows = [
-        [k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in run.items() if k != "stage_throughput"
-    ]
+    summary_rows = [[k, v] for k, v in run.items() if k != "stage_throughput"]
     throughput_rows = [
-        [stage, t["elements"], t["per_s"], t.get("busy_s", t.get("last_s"))]
+        [stage, "shards" if stage in SHARD_STAGES else "samples", t["elements"], t["per_s"],
+         t.get("busy_s", t.get("last_s"))]
         for stage, t in stats["stage_throughput"].items()
     ]
     plots = _plots(stats)
     figures = "".join(f'<figure id="plot-{name}">{svg}</figure>' for name, svg in plots.items())
-    top = [[d["count"], d["stage"], d["error_type"], d["message"]] for d in stats["top_dead_letter_messages"]]
+    top = [[d["count"], d["stage"], d["error_type"], d["message"], d["keys"]] for d in stats["top_dead_letter_messages"]]
+    title = f"mediabeam {stats['job']} run report".replace("  ", " ")
     return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>mediabeam run report</title><style>"
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left;vertical-align:top}"
         "figure{display:inline-block;margin:0.5em}</style></head><body>"
-        f"<h1>mediabeam run report</h1><p>Output: <code>{html.escape(stats['output'])}</code> — "
-        f"{stats['corpus_rows']} corpus rows, {stats['dead_letter_rows']} dead letters.</p>"
-        f"<h2>This run</h2>{_table(summary_rows, ['field', 'value'])}"
+        f"<h1>{html.escape(title)}</h1><p>Output: <code>{html.escape(stats['output'])}</code> — "
+        f"{stats['product_rows']} rows, {stats['dead_letter_rows']} dead letters.</p>"
+        f"<h2>Summary</h2>{_table(summary_rows, ['field', 'value'])}"
         f"<h2>Plots</h2>{figures}"
         f"<h2>Throughput per stage</h2>"
-        f"{_table(throughput_rows, ['stage', 'elements', 'per second', 'seconds (until last / busy)'])}"
-        f"<h2>Top dead-letter messages</h2>{_table(top, ['count', 'stage', 'error type', 'message'])}"
+        f"{_table(throughput_rows, ['stage', 'counts', 'elements', 'per second', 'seconds (until last / busy)'])}"
+        f"<h2>Top dead-letter messages</h2>"
+        f"{_table(top, ['count', 'stage', 'error type', 'message', 'keys (first 5)'])}"
         "</body></html>"
     )
 
 
 def write_report(output_dir: str, summary: Dict[str, Any], throughput: Dict[str, Any],
                  metrics: Dict[str, Any]) -> Dict[str, Any]:
-    """Writes ``report.json`` and ``report.html`` into ``output_dir`` (atomically); returns
-    the stats."""
+    """Writes ``report.json`` and ``report.html`` under ``<output>/__job/`` (atomically);
+    returns the stats."""
     stats = report_stats(output_dir, summary, throughput, metrics)
-    write_atomic(FileSystems.join(output_dir, "report.json"), json.dumps(stats, indent=1).encode())
-    write_atomic(FileSystems.join(output_dir, "report.html"), render_html(stats).encode())
+    job_output.write_meta(output_dir, "report.json", json.dumps(stats, indent=1).encode())
+    job_output.write_meta(output_dir, "report.html", render_html(stats).encode())
     return stats

@@ -1,89 +1,119 @@
-"""``mediabeam transcribe FILES... --output out.parquet``: speech to text with the streaming ASR model.
+"""transcribe: speech to text with the streaming FastConformer ASR model, one row per audio record.
 
-Works out of the box with the embedded model (spoken digits and commands, trained by
-``mediabeam train-asr``); ``--model`` takes any supported NeMo ``.nemo`` FastConformer CTC or hybrid
-RNNT/CTC streaming checkpoint. Files that cannot be decoded or transcribed become rows of
-``<output stem>.dead_letters.<ext>``; every input ends up in exactly one of the two files.
+Example::
+
+    mediabeam transcribe --input recordings/ --output out/asr
+    mediabeam transcribe --input 'audio/shard-{000000..000009}.tar' --output out/asr \\
+        --model fastconformer.nemo --att-context 70,13 --decoder ctc
+
+Every input is one shard: a WebDataset tar shard (first audio member of each sample, else
+the audio track of its first video member), a folder (every audio file under it, keyed by
+its relative path with the extension) or a single audio file. Works out of the box with the
+embedded model (spoken digits and commands, trained by ``mediabeam train-asr``);
+``--model`` takes a NeMo ``.nemo`` FastConformer CTC or hybrid RNNT/CTC streaming
+checkpoint. Clips are batched by length, so a model call pads little.
 """
 
 import argparse
-import json
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from pipelines.common import ConfigError, create_pipeline, expand_inputs, parse_job_args
-from transforms.asr import ASRModelHandler, TranscribeFiles, WriteTranscripts, dead_letter_path
+from pipelines.asr_flags import parse_context
+from pipelines.common import ConfigError
+from pipelines.job import Job, Retry
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mkv")
+SAMPLE_RATE = 16000
 
 
-def parse_context(value: Optional[str]) -> Optional[Tuple[int, int]]:
-    """``"70,13"`` → ``(70, 13)``; ``None`` stays ``None`` (the model's default)."""
-    if value is None:
-        return None
+class Transcribe(Job):
+    """The transcribe job (see the module docstring)."""
+
+    name = "transcribe"
+    description = __doc__
+    input_help = ("tar shards, folders of audio files, audio files, globs or brace ranges "
+                  "(each one is a shard of the output)")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--model", default=None, help=".nemo model (default: the embedded model)")
+        parser.add_argument("--att-context", default=None, help="look-ahead as L,R (e.g. 70,13 or 70,0)")
+        parser.add_argument("--decoder", choices=("ctc", "rnnt"), default=None,
+                            help="hybrid models: which head (default: rnnt for hybrid models)")
+        parser.add_argument("--streaming", action="store_true",
+                            help="transcribe through the cache-aware streaming steps (same transcripts)")
+        parser.add_argument("--batch-size", type=int, default=16, help="most clips per model call")
+        parser.add_argument("--batch-seconds", type=float, default=120.0,
+                            help="most padded audio seconds per model call (clips x longest clip)")
+
+    def validate(self, args: argparse.Namespace) -> None:
+        if args.batch_size < 1:
+            raise ConfigError("--batch-size must be at least 1")
+        if args.batch_seconds <= 0:
+            raise ConfigError("--batch-seconds must be positive, e.g. 120")
+        args.context = parse_context(args.att_context)
+        if args.model is not None and not os.path.isfile(args.model):
+            raise ConfigError(f"--model {args.model!r} does not exist; pass a .nemo file or omit it for the default")
+        check_model(args.model, args.context, args.decoder)
+
+    def table_spec(self, args: argparse.Namespace) -> Any:
+        from schemas.asr import TRANSCRIPTS_TABLE
+
+        return TRANSCRIPTS_TABLE
+
+    def build(self, pipeline, sources: Sequence[str], args: argparse.Namespace, retry: Retry) -> Dict[str, Any]:
+        import apache_beam as beam
+
+        from transforms.asr import ASRModelHandler, TranscribeAudio
+        from transforms.errors import DEAD_LETTER_TAG
+        from transforms.read_audio import FILTERED_TAG, ReadAudio
+
+        reads = []
+        stats = pipeline | "NoShardStats" >> beam.Create([])
+        if sources:
+            read = pipeline | "ReadAudio" >> ReadAudio(sources, budgets=args.budgets)
+            stats = read["stats"] | "CountShardsRead" >> self.count("ShardsRead")
+            reads.append(read)
+        if retry:
+            again = pipeline | "ReadRetriedAudio" >> ReadAudio(retry.sources, keep=retry.keys, budgets=args.budgets)
+            _ = again["stats"] | "CountRetriedShardsRead" >> self.count("ShardsRead")  # progress only
+            reads.append(again)
+        audio = (
+            [r["audio"] for r in reads] | "AllAudio" >> beam.Flatten(pipeline=pipeline)
+            | "CountRead" >> self.count("Read", size_fn=audio_bytes)
+        )
+        handler = ASRModelHandler(args.model, args.context, args.decoder, args.streaming, args.batch_size, args.threads)
+        transcribed = audio | "Transcribe" >> TranscribeAudio(handler, int(args.batch_seconds * SAMPLE_RATE))
+        rows = transcribed["rows"] | "CountTranscribe" >> self.count("Transcribe")
+        dead = [*(r[DEAD_LETTER_TAG] for r in reads), transcribed[DEAD_LETTER_TAG]] | "AllDeadLetters" >> beam.Flatten()
+        filtered = [r[FILTERED_TAG] for r in reads] | "AllFiltered" >> beam.Flatten(pipeline=pipeline)
+        return {"rows": rows, DEAD_LETTER_TAG: dead, "stats": stats, "filtered": filtered}
+
+    def summary_extras(self, args: argparse.Namespace, manifests: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return {
+            "transcripts": sum(m["rows"] for m in manifests),
+            "audio_s": round(sum(m.get("audio_s", 0.0) for m in manifests), 3),
+            "models": sorted({name for m in manifests for name in m.get("models", [])}),
+        }
+
+
+def audio_bytes(item: Any) -> int:
+    """Decoded bytes of an ``AudioItem`` (for the ``Read`` stage's byte counter)."""
+    return int(item.samples.nbytes)
+
+
+def check_model(model: Optional[str], context: Optional[Tuple[int, int]], decoder: Optional[str]) -> None:
+    """Loads the model once, so a bad file, context or decoder fails before the pipeline starts."""
+    from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo
+
+    path = model or EMBEDDED_MODEL
     try:
-        left, right = (int(part) for part in value.split(","))
-    except ValueError:
-        raise ConfigError(f"--att-context {value!r} must look like 70,13 (left,right frames of 80 ms)")
-    return left, right
+        load_nemo(path, context, decoder)
+    except Exception as err:  # noqa: BLE001 - any model the operator cannot load is a configuration error
+        raise ConfigError(
+            f"--model {path!r} cannot be used with --att-context {context} --decoder {decoder}: {err}; "
+            "pass a NeMo FastConformer .nemo checkpoint and a context/decoder it supports"
+        )
 
 
-def _files(patterns: Sequence[str]):
-    files = []
-    for path in expand_inputs(patterns):
-        if os.path.isdir(path):
-            files.extend(
-                os.path.join(root, name)
-                for root, _, names in os.walk(path)
-                for name in sorted(names)
-                if name.lower().endswith(AUDIO_SUFFIXES)
-            )
-        else:
-            files.append(path)
-    return sorted(dict.fromkeys(files))
-
-
-def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
-    """Builds and runs the transcription pipeline; returns a summary (files, transcripts, dead letters)."""
-    parser = argparse.ArgumentParser(prog="mediabeam transcribe", description=__doc__.split("\n")[0])
-    parser.add_argument("files", nargs="+", help="audio files, globs or folders")
-    parser.add_argument("--model", default=None, help=".nemo model (default: the embedded model)")
-    parser.add_argument("--output", required=True, help="out.parquet or out.jsonl")
-    parser.add_argument("--att-context", default=None, help="look-ahead as L,R (e.g. 70,13 or 70,0)")
-    parser.add_argument("--decoder", choices=("ctc", "rnnt"), default=None, help="hybrid models: which head")
-    parser.add_argument("--streaming", action="store_true",
-                        help="transcribe through the cache-aware streaming steps (same transcripts)")
-    parser.add_argument("--batch-size", type=int, default=16, help="files per model call")
-    args, options = parse_job_args(parser, argv)
-    if not args.output.endswith((".parquet", ".jsonl")):
-        raise ConfigError(f"--output {args.output!r} must end in .parquet or .jsonl")
-    if args.model is not None and not os.path.isfile(args.model):
-        raise ConfigError(f"--model {args.model!r} does not exist; pass a .nemo file or omit it for the default")
-    if args.batch_size < 1:
-        raise ConfigError("--batch-size must be at least 1")
-    context = parse_context(args.att_context)
-    files = _files(args.files)
-    if not files:
-        raise ConfigError(f"no audio files found in {args.files}")
-    handler = ASRModelHandler(args.model, context, args.decoder, args.streaming, args.batch_size)
-
-    import apache_beam as beam
-
-    pipeline = create_pipeline(options, test_pipeline)
-    results = pipeline | "ListFiles" >> beam.Create(files) | "Transcribe" >> TranscribeFiles(handler)
-    _ = results | "WriteOutputs" >> WriteTranscripts(os.path.abspath(args.output))
-    outcome = pipeline.run()
-    outcome.wait_until_finish()
-    counters = {
-        f"{m.key.metric.namespace}/{m.key.metric.name}": m.committed
-        for m in outcome.metrics().query()["counters"]
-    }
-    summary = {
-        "files": len(files),
-        "transcripts": counters.get("Transcribe/transcripts", 0),
-        "dead_letters": counters.get("DecodeAudio/dead_letters", 0) + counters.get("Transcribe/dead_letters", 0),
-        "output": os.path.abspath(args.output),
-        "dead_letter_output": dead_letter_path(os.path.abspath(args.output)),
-    }
-    print(json.dumps(summary))
-    return summary
+def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> Dict[str, Any]:
+    """Runs the transcribe job; returns the summary (also in ``summary.json``)."""
+    return Transcribe().run(argv, test_pipeline)

@@ -19,8 +19,13 @@ class BudgetExceeded(ValueError):
     """An input asked for more than its budget allows; the message names the budget."""
 
     def __init__(self, budget: str, limit: float, asked: str):
-        super().__init__(f"budget {budget}={limit:g} exceeded: {asked}")
+        super().__init__(f"budget {budget}={format_limit(limit)} exceeded: {asked}")
         self.budget = budget
+
+
+def format_limit(limit: float) -> str:
+    """A budget as a user types it back into ``--budget``: whole numbers in full, others as ``%g``."""
+    return str(int(limit)) if float(limit).is_integer() else f"{limit:g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +46,7 @@ class Budgets:
         live_streams: Most concurrent live streams per source.
         live_queued_bytes: Most payload bytes queued in a live source before readers wait.
         live_pending_chunks: Out-of-order chunks buffered per stream before a gap is skipped.
+        live_pending_bytes: Payload bytes buffered out of order per stream shard (all its streams).
     """
 
     member_bytes: int = 1 << 30
@@ -56,6 +62,7 @@ class Budgets:
     live_streams: int = 1024
     live_queued_bytes: int = 256 << 20
     live_pending_chunks: int = 64
+    live_pending_bytes: int = 256 << 20
 
     def with_overrides(self, overrides: Dict[str, str]) -> "Budgets":
         """Returns a copy with ``NAME=VALUE`` overrides applied (values parsed as the field's type).

@@ -2,8 +2,6 @@
 
 from typing import Dict, NamedTuple
 
-import pyarrow as pa
-
 
 class MediaSample(NamedTuple):
     """One WebDataset sample: its ``__key__``, the shard it came from, and its members.
@@ -39,13 +37,15 @@ class DeadLetter(NamedTuple):
     message: str
 
 
-DEAD_LETTER_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("error_type", pa.string(), nullable=False),
-        pa.field("message", pa.string(), nullable=False),
-    ],
-    metadata={"mediabeam.table": "dead_letters", "mediabeam.schema_version": "1"},
-)
+class Filtered(NamedTuple):
+    """A record a job left out on purpose (not an error), counted in the shard's accounting.
+
+    Attributes:
+        key: Key of the record.
+        source: Shard it came from.
+        reason: Why it was left out (short, stable text: it is counted per reason).
+    """
+
+    key: str
+    source: str
+    reason: str

@@ -13,9 +13,13 @@ id (UTF-8) and the payload::
     rate    I   sample rate in Hz for audio payloads, 0 otherwise
     length  I   payload bytes
 
-A bad magic or version cannot be resynchronised: the connection is closed after one error
-event. An oversized payload is skipped (its length is known), reported, and the connection
-stays usable. The same byte stream stored in a file is a *recording* (``.mbl``), replayed by
+Every field is checked at this edge, before a frame goes further: a bad magic, version or
+stream id length cannot be resynchronised (the connection is closed after one error event);
+any other bad field (unknown flag bits or payload kind, reserved byte not 0, sequence number
+above ``MAX_SEQ``, a sample rate outside ``1..MAX_SAMPLE_RATE`` for audio or not 0 otherwise,
+a payload on a ``NONE`` frame, a stream id that is not UTF-8) or an oversized payload skips
+that frame (its length is known), is reported for that stream, and the connection stays
+usable. The same byte stream stored in a file is a *recording* (``.mbl``), replayed by
 the tail source.
 """
 
@@ -29,6 +33,8 @@ VERSION = 1
 FLAG_EOS = 1
 HEADER = struct.Struct(">4sBBBBHQII")
 MAX_STREAM_ID_BYTES = 256
+MAX_SEQ = (1 << 63) - 2  # downstream, seq and the next seq expected (seq + 1) are signed 64-bit
+MAX_SAMPLE_RATE = 384_000
 RECORDING_SUFFIX = ".mbl"
 
 
@@ -39,6 +45,9 @@ class PayloadKind(IntEnum):
     PCM_S16LE = 1  # mono 16-bit little-endian PCM
     PCM_F32LE = 2  # mono float32 little-endian PCM in [-1, 1]
     IMAGE = 3  # one encoded video frame (JPEG or PNG)
+
+
+_KINDS = frozenset(int(k) for k in PayloadKind)
 
 
 class FramingError(ValueError):
@@ -73,6 +82,8 @@ def encode_frame(frame: Frame) -> bytes:
     sid = frame.stream_id.encode("utf-8")
     if not 0 < len(sid) <= MAX_STREAM_ID_BYTES:
         raise ValueError(f"stream id must be 1..{MAX_STREAM_ID_BYTES} UTF-8 bytes, got {len(sid)}")
+    if not 0 <= frame.seq <= MAX_SEQ:
+        raise ValueError(f"sequence number {frame.seq} is outside 0..{MAX_SEQ}")
     flags = FLAG_EOS if frame.eos else 0
     header = HEADER.pack(
         MAGIC, VERSION, flags, int(frame.kind), 0, len(sid), frame.seq, frame.sample_rate, len(frame.payload)
@@ -111,7 +122,7 @@ class FrameDecoder:
                     return out
             if len(self._buffer) < HEADER.size:
                 return out
-            magic, version, flags, kind, _, id_len, seq, rate, length = HEADER.unpack_from(self._buffer)
+            magic, version, flags, kind, reserved, id_len, seq, rate, length = HEADER.unpack_from(self._buffer)
             if magic != MAGIC or version != VERSION:
                 self.broken = True
                 self._buffer.clear()
@@ -122,25 +133,53 @@ class FrameDecoder:
             if not 0 < id_len <= MAX_STREAM_ID_BYTES:
                 self.broken = True
                 self._buffer.clear()
-                out.append(FramingError(f"malformed frame header (stream id length {id_len})", seq=seq, fatal=True))
+                out.append(FramingError(f"malformed frame header (stream id length {id_len})", fatal=True))
                 return out
             if len(self._buffer) < HEADER.size + id_len:
                 return out
             raw_id = bytes(self._buffer[HEADER.size : HEADER.size + id_len])
             stream_id = raw_id.decode("utf-8", errors="replace")
             start = HEADER.size + id_len
-            if length > self.max_payload_bytes:
+            problem = _field_problem(raw_id, flags, kind, reserved, seq, rate, length, self.max_payload_bytes)
+            if problem is not None:
                 del self._buffer[:start]
                 self._skip = length
-                out.append(FramingError(
-                    f"oversized frame: {length} payload bytes > limit {self.max_payload_bytes} "
-                    "(send smaller chunks or raise --max-frame-bytes)", stream_id, seq))
+                out.append(FramingError(problem, stream_id, seq if seq <= MAX_SEQ else -1))
                 continue
             if len(self._buffer) < start + length:
                 return out
             payload = bytes(self._buffer[start : start + length])
             del self._buffer[: start + length]
             out.append(Frame(stream_id, seq, bool(flags & FLAG_EOS), kind, rate, payload))
+
+
+def _field_problem(raw_id: bytes, flags: int, kind: int, reserved: int, seq: int, rate: int, length: int,
+                   max_payload_bytes: int) -> Optional[str]:
+    """What is wrong with a frame whose header could be read (``None``: nothing)."""
+    if length > max_payload_bytes:
+        return (f"budget live_frame_bytes={max_payload_bytes} exceeded: oversized frame of {length} payload "
+                "bytes (send smaller chunks or raise --budget live_frame_bytes=N)")
+    if flags & ~FLAG_EOS:
+        return f"bad frame: unknown flag bits {flags:#04x} (only bit 0, end of stream, is defined)"
+    if reserved:
+        return f"bad frame: reserved byte is {reserved}, must be 0"
+    if kind not in _KINDS:
+        known = ", ".join(f"{k.value}={k.name}" for k in PayloadKind)
+        return f"bad frame: unknown payload kind {kind} (known: {known})"
+    if seq > MAX_SEQ:
+        return f"bad frame: sequence number {seq} is above {MAX_SEQ}"
+    if kind in (PayloadKind.PCM_S16LE, PayloadKind.PCM_F32LE):
+        if not 0 < rate <= MAX_SAMPLE_RATE:
+            return f"bad frame: audio sample rate {rate} Hz is outside 1..{MAX_SAMPLE_RATE}"
+    elif rate:
+        return f"bad frame: sample rate {rate} Hz on a {PayloadKind(kind).name} payload (must be 0)"
+    if kind == PayloadKind.NONE and length:
+        return f"bad frame: {length} payload bytes on a NONE (no payload) frame"
+    try:
+        raw_id.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bad frame: the stream id is not UTF-8"
+    return None
 
 
 def iter_recording(data: bytes, max_payload_bytes: int) -> Iterator[Any]:
@@ -206,9 +245,3 @@ class LiveEvent(NamedTuple):
         }
         body.update(self.fields)
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-
-
-def parse_event(line: str) -> Optional[Dict[str, Any]]:
-    """Parses one JSON event line (``None`` for blank lines)."""
-    line = line.strip()
-    return json.loads(line) if line else None

@@ -1,23 +1,12 @@
 """Per-frame outputs of continual video networks (``video-features`` and live inference)."""
 
-from typing import Iterable, NamedTuple
+import hashlib
+from typing import Any, Dict, Iterable, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 
-
-class FrameInput(NamedTuple):
-    """One decoded frame of a stream, as it crosses Beam stages.
-
-    Attributes:
-        index: Position of the frame in its stream (0, 1, …); frames may arrive out of order.
-        frame: The frame (``[H, W, 3]`` uint8 for decoded video).
-        source: Where the stream comes from (shard, camera URL ...).
-    """
-
-    index: int
-    frame: np.ndarray
-    source: str
+from schemas.tables import TableSpec
 
 
 class FrameOutput(NamedTuple):
@@ -76,3 +65,62 @@ def frame_outputs_table(rows: Iterable[FrameOutput]) -> pa.Table:
         },
         schema=VIDEO_FRAMES_SCHEMA,
     )
+
+
+class VideoFrames(NamedTuple):
+    """Every output row of one video: the unit a shard's accounting counts (one per record).
+
+    Attributes:
+        key: The video's sample key.
+        source: Shard the video came from.
+        frames: Its ``FrameOutput`` rows in frame order.
+    """
+
+    key: str
+    source: str
+    frames: Tuple[FrameOutput, ...]
+
+
+def frame_output_rows(table: pa.Table) -> List[FrameOutput]:
+    """The inverse of :func:`frame_outputs_table` (``values`` as float32 arrays)."""
+    return [
+        FrameOutput(r["key"], r["source"], r["frame_index"], r["output_index"], r["time_s"], r["model"],
+                    np.asarray(r["values"], dtype=np.float32))
+        for r in table.to_pylist()
+    ]
+
+
+def video_frames_table(videos: Sequence[VideoFrames]) -> pa.Table:
+    """One table row per output frame of every video (in the given order)."""
+    return frame_outputs_table([frame for video in videos for frame in video.frames])
+
+
+def video_frames(table: pa.Table) -> List[VideoFrames]:
+    """The inverse of :func:`video_frames_table`: rows grouped back into videos."""
+    videos: Dict[Tuple[str, str], List[FrameOutput]] = {}
+    for row in frame_output_rows(table):
+        videos.setdefault((row.source, row.key), []).append(row)
+    return [VideoFrames(key, source, tuple(frames)) for (source, key), frames in videos.items()]
+
+
+def _video_order(video: VideoFrames) -> Tuple[str, str]:
+    """By key; two videos under one key (a hostile shard may repeat one) by their content."""
+    digest = hashlib.sha1(b"".join(np.asarray(f.values, np.float32).tobytes() for f in video.frames))
+    return video.key, digest.hexdigest()
+
+
+def _video_fields(videos: Sequence[VideoFrames]) -> Dict[str, Any]:
+    return {"frames": sum(len(v.frames) for v in videos),
+            "models": sorted({f.model for v in videos for f in v.frames})}
+
+
+VIDEO_FRAMES_TABLE = TableSpec(
+    name="frames",
+    schema=VIDEO_FRAMES_SCHEMA,
+    to_table=video_frames_table,
+    from_table=video_frames,
+    sort_key=_video_order,
+    manifest_fields=_video_fields,
+)
+"""``<output>/frames/<shard name>-00000.parquet``: one table row per output frame of each video;
+the sink's rows are ``VideoFrames`` (one per video), so ``rows`` in a manifest counts videos."""

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from operators.compression.bitstream import BitstreamError, StreamHeader, pack, unpack
-from operators.compression.codec import FeatureCodec, UnknownTablesError, fit_tables
+from operators.compression.bitstream import BitstreamError, StreamBudgetExceeded, StreamHeader, pack, unpack
+from operators.compression.codec import FeatureCodec, UnknownTablesError
+from operators.compression.tables import fit_tables
 
 
 def header(**changes):
@@ -80,5 +81,9 @@ def test_hostile_header_with_valid_checksum_is_refused_before_allocating(shared_
     codec, x = shared_codec
     header, sections = unpack(codec.encode(x, bits=4))
     huge = header._replace(shape=(4, 1 << 14, 1 << 14), n_symbols=1 << 30)
-    with pytest.raises(BitstreamError, match="cannot fit"):
+    refusal = r"budget decoded_bytes=1073741824 exceeded: .* \(4294967296 bytes\)"
+    with pytest.raises(StreamBudgetExceeded, match=refusal):
         codec.decode(pack(huge, sections))
+    roomy = FeatureCodec(codec.tables, decoded_bytes=1 << 40)
+    with pytest.raises(BitstreamError, match="cannot fit"):
+        roomy.decode(pack(huge, sections))

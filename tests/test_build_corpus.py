@@ -16,6 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import build_corpus
 from pipelines.common import ConfigError
+from pipelines.job import NO_RETRY
 from pipelines.tools.make_samples import write_hostile_shards, write_sample_shards
 
 
@@ -36,11 +37,15 @@ def read_table(pattern):
     return [row for f in files for row in pq.read_table(f).to_pylist()]
 
 
+def read_dead_letters(out):
+    return [json.loads(line) for f in sorted(glob.glob(f"{out}/__dead_letters/*.jsonl")) for line in open(f)]
+
+
 def test_every_hostile_sample_is_a_row_or_a_dead_letter(hostile, tmp_path):
     out = str(tmp_path / "out")
     summary = build_corpus.run(["--input", *hostile["shards"], "--output", out, "--batch-size", "4"])
     rows = read_table(f"{out}/corpus/*.parquet")
-    dead = read_table(f"{out}/dead_letters/*.parquet")
+    dead = read_dead_letters(out)
     outcome = {r["key"]: "row" for r in rows}
     for d in dead:
         assert d["key"] not in outcome, f"{d['key']} is both a row and a dead letter"
@@ -52,19 +57,34 @@ def test_every_hostile_sample_is_a_row_or_a_dead_letter(hostile, tmp_path):
     messages = {d["key"]: d["message"] for d in dead}
     assert "escape" in messages["../../x"]
     assert "truncated" in messages["trunc-c"]
+    assert_common_readers_see_only_the_product(out, summary["rows"])
+
+
+def assert_common_readers_see_only_the_product(out, rows):
+    """pyarrow.dataset(out) and DuckDB's out/**/*.parquet read exactly the product rows, and
+    Hugging Face datasets' rule (skip hidden entries and folders starting with "__") leaves
+    nothing but product Parquet files."""
+    import duckdb
+    import pyarrow.dataset as ds
+
+    assert ds.dataset(out).to_table().num_rows == rows
+    assert duckdb.sql(f"SELECT count(*) FROM '{out}/**/*.parquet'").fetchall()[0][0] == rows
+    seen_by_datasets = [
+        os.path.relpath(os.path.join(d, f), out) for d, _, files in os.walk(out) for f in files
+        if not any(part.startswith((".", "__")) for part in os.path.relpath(os.path.join(d, f), out).split(os.sep))
+    ]
+    assert seen_by_datasets and all(f.startswith("corpus" + os.sep) and f.endswith(".parquet") for f in seen_by_datasets)
 
 
 def test_graph_outputs_with_assert_that(samples, tmp_path):
-    args = build_corpus.build_parser().parse_args(
-        ["--input", *samples["shards"], "--output", str(tmp_path / "o"), "--tokenizer", "jpeg"]
-    )
-    handlers = build_corpus.resolve_tokenizers(args)
+    job = build_corpus.BuildCorpus()
+    args, _, sources = job.parse(["--input", *samples["shards"], "--output", str(tmp_path / "o"), "--tokenizer", "jpeg"])
     images = sorted(k for k, kind in samples["kinds"].items() if kind == "image")
     with TestPipeline(runner=FnApiRunner()) as p:
-        out = build_corpus.build_graph(p, build_corpus.validate(args), args, handlers)
+        out = job.build(p, sources, args, NO_RETRY)
         keys = out["rows"] | "RowKeys" >> beam.Map(lambda r: r.key)
         assert_that(keys, equal_to(images), label="ImageRows")
-        counts = out["manifests"] | "Counts" >> beam.Map(
+        counts = job.write(out, args) | "Counts" >> beam.Map(
             lambda m: m["rows"] + m["dead_letters"] == m["records"]
         )
         assert_that(counts, equal_to([True, True]), label="Accounting")
@@ -82,7 +102,7 @@ def test_tokens_are_identical_across_runs_and_formats(samples, tmp_path):
     second = read_table(f"{outs[1]}/corpus/*.parquet")
     assert first == second and first
     assert all(len(pq.read_table(f)) <= 2 for f in glob.glob(f"{outs[0]}/corpus/*.parquet"))
-    wds = sorted(glob.glob(f"{outs[0]}/webdataset/*.tar"))
+    wds = sorted(glob.glob(f"{outs[0]}/__webdataset/corpus/*.tar"))
     assert [open(f, "rb").read() for f in wds] == [
         open(f.replace(outs[0], outs[1]), "rb").read() for f in wds
     ]
@@ -109,18 +129,30 @@ def test_resume_skips_finished_shards_and_redoes_unfinished(samples, tmp_path):
     shards = sorted(samples["shards"])
     build_corpus.run(["--input", shards[0], "--output", out])
     summary = build_corpus.run(["--input", *shards, "--output", out, "--resume"])
-    assert summary["skipped_by_resume"] == 1 and summary["shards"] == 1
-    manifests = sorted(glob.glob(f"{out}/_manifests/*.json"))
+    assert summary["skipped_by_resume"] == 1 and summary["this_run"]["shards_run"] == 1
+    assert summary["shards"] == 2 and summary["records"] == sum(samples["shards"].values())
+    manifests = sorted(glob.glob(f"{out}/__manifests/*.json"))
     assert len(manifests) == 2
-    assert json.load(open(manifests[1]))["records"] == samples["shards"][shards[1]]
+    assert sorted(json.load(open(m))["records"] for m in manifests) == sorted(samples["shards"].values())
+
+
+def test_resume_with_every_shard_done_keeps_the_whole_summary(samples, tmp_path):
+    out = str(tmp_path / "o")
+    first = build_corpus.run(["--input", *samples["shards"], "--output", out])
+    again = build_corpus.run(["--input", *samples["shards"], "--output", out, "--resume"])
+    assert again["this_run"]["shards_run"] == 0 and again["skipped_by_resume"] == 2
+    for field in ("shards", "records", "rows", "dead_letters", "tokens", "rows_by_modality", "dead_letters_by_reason"):
+        assert again[field] == first[field], field
+    assert json.load(open(f"{out}/__job/summary.json"))["rows"] == first["rows"] > 0
+    assert json.load(open(f"{out}/__job/report.json"))["product_rows"] == first["rows"]
 
 
 def test_no_temporary_files_are_left(samples, tmp_path):
     out = str(tmp_path / "o")
     build_corpus.run(["--input", *samples["shards"], "--output", out])
-    leftovers = [f for f in glob.glob(f"{out}/**/*", recursive=True) if ".tmp-" in f]
+    leftovers = [f for _, _, files in os.walk(out) for f in files if ".tmp-" in f]
     assert leftovers == []
-    assert os.path.exists(f"{out}/summary.json")
+    assert os.path.exists(f"{out}/__job/summary.json")
 
 
 @pytest.mark.parametrize(
@@ -128,11 +160,22 @@ def test_no_temporary_files_are_left(samples, tmp_path):
     [
         (["--input", "/nonexistent/shard-{0..3}.tar"], "matches no file"),
         (["--modalities", "smell"], "unknown modality"),
-        (["--tokenizer", "gzip"], "is unknown; choose from"),
-        (["--tokenizer", "jpeg,jpeg"], "two tokenizers"),
+        (["--tokenizer", "gzip"], "unknown tokenizer .*choose from"),
+        (["--tokenizer", "jpeg,jpeg"], "keep one per modality"),
         (["--format", "csv"], "choose from"),
+        (["--format", "webdataset", "--retry-dead-letters"], "keep parquet in --format"),
         (["--tokenizer-option", "jpeg"], "NAME.KEY=VALUE"),
-        (["--tokenizer", "jpeg", "--tokenizer-option", "jpeg.colour=1"], "is invalid"),
+        (["--tokenizer", "jpeg", "--tokenizer-option", "jpeg.colour=1"], "valid keys: .*quality.*size"),
+        (["--tokenizer", "jpeg", "--tokenizer-option", "jpeg.size=abc"], "jpeg.size must be an integer"),
+        (["--tokenizer", "jpeg", "--tokenizer-option", "jpeg.size=4"], "is invalid: need size >= 8"),
+        (["--tokenizer", "jpeg", "--tokenizer-option", "opus.bitrate=1"], "not in use"),
+        (["--budget", "member_bytes"], "NAME=VALUE"),
+        (["--budget", "member_bites=1"], "unknown budget"),
+        (["--threads", "0"], "at least 1"),
+        (["--row-per-shard", "2"], "did you mean --rows-per-shard"),
+        (["--tokenizer", "semantic-audio", "--tokenizer-option", "semantic-audio.encoder_path=/no/such.pt"],
+         "cannot load the model"),
+        (["--tokenizer", "dual-image", "--tokenizer-option", "dual-image.model_dir=/"], "cannot load the model"),
     ],
 )
 def test_bad_configuration_fails_before_the_pipeline(samples, tmp_path, flags, message):
@@ -151,3 +194,11 @@ def test_cli_reports_bad_flags_with_exit_status_2(tmp_path, capsys):
     assert main(["--help"]) == 0
     assert "build-corpus" in capsys.readouterr().out
 
+
+
+def test_budgets_reach_the_tokenizers_that_take_them(samples, tmp_path):
+    args, _, _ = build_corpus.BuildCorpus().parse(
+        ["--input", *samples["shards"], "--output", str(tmp_path / "o"), "--budget", "media_seconds=5",
+         "--tokenizer", "jpeg,opus"])
+    assert dict(args.tokenizers) == {"jpeg": {}, "opus": {"media_seconds": 5.0}}
+    assert args.budgets.media_seconds == 5.0

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from operators.media.decode import decode_audio, ffmpeg_binary, iter_video_frames
+from operators.media.audio import decode_audio
+from operators.media.ffmpeg_io import ffmpeg_binary
+from operators.media.video import iter_video_frames
 from operators.tokenizers.avc import AvcTokenizer, count_frames
 from operators.tokenizers.base import MediaError, Tokenizer
 from operators.tokenizers.byte_tokens import BOS, EOS, bytes_to_tokens, tokens_to_bytes
@@ -117,7 +119,7 @@ def test_jpeg_deterministic_configurable_and_picklable():
 
 @pytest.mark.parametrize(
     "payload, message",
-    [(b"", "empty"), (b"\xff\xd8garbage" * 40, "not a decodable image|corrupt"), (bomb_png(), "too large")],
+    [(b"", "empty"), (b"\xff\xd8garbage" * 40, "not a decodable image|corrupt"), (bomb_png(), "budget image_pixels")],
     ids=["empty", "garbage", "bomb"],
 )
 def test_jpeg_hostile_inputs(payload, message):

@@ -1,5 +1,6 @@
 """compress-features transforms and job on tiny synthetic shards (FnApiRunner)."""
 
+import glob
 import io
 import json
 import os
@@ -14,13 +15,15 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from operators.compression.codec import CodecTables, FeatureCodec, fit_tables
+from operators.compression.codec import FeatureCodec
 from operators.compression.split_compute import TinyCNN, synthetic_images
+from operators.compression.tables import CodecTables, fit_tables
 from pipelines import compress_features
 from pipelines.common import ConfigError
 from pipelines.tools.make_samples import write_tar
 from schemas.features import FEATURES_SCHEMA, CompressedRecord, FeatureRecord
-from transforms.compress import CompressFeatures, DecompressFeatures, FitCodecTables
+from transforms.compression.codec import CompressFeatures, DecompressFeatures
+from transforms.compression.fit_tables import FitCodecTables
 from transforms.errors import DEAD_LETTER_TAG
 
 
@@ -105,19 +108,20 @@ def test_compress_features_job(job_inputs):
     root, shard, weights = job_inputs
     out = str(root / "out")
     argv = ["--input", shard, "--output", out, "--model", weights, "--split-at", "block2", "--bits", "2,8",
-            "--codebook-sizes", "8", "--codebook-groups", "8"]
+            "--codebook-sizes", "8", "--codebook-groups", "8", "--no-report"]
     summary = compress_features.run(argv, test_pipeline=TestPipeline(runner=FnApiRunner()))
-    assert summary["samples"] + summary["dead_letters"] == 8
+    assert summary["samples"] + summary["dead_letters"] == summary["records"] == 8
     assert summary["dead_letters_by_stage"] == {"ExtractFeatures": 2}
-    assert summary["rows"] == 6 * 3
+    assert summary["rows"] == 6 and summary["feature_rows"] == 6 * 3
     by_rate = summary["by_rate"]
     assert by_rate["u2"]["bits_per_element"] < by_rate["u8"]["bits_per_element"] < 8
     assert by_rate["u8"]["max_abs_diff"] < by_rate["u2"]["max_abs_diff"]
-    assert json.load(open(os.path.join(out, "summary.json")))["rows"] == 18
-    assert os.path.getsize(os.path.join(out, "rate_quality.png")) > 1000
-    table = pq.read_table(os.path.join(out, "features", "shard-000000.parquet"))
+    assert json.load(open(os.path.join(out, "__job", "summary.json")))["feature_rows"] == 18
+    assert os.path.getsize(os.path.join(out, "__job", "rate_quality.png")) > 1000
+    (part,) = glob.glob(os.path.join(out, "features", "*.parquet"))
+    table = pq.read_table(part)
     assert table.schema.equals(FEATURES_SCHEMA, check_metadata=False)
-    codec = FeatureCodec(CodecTables.load(os.path.join(out, "tables.bin")))
+    codec = FeatureCodec(CodecTables.load(os.path.join(out, "__codec", "tables.bin")))
     for row in table.to_pylist():
         decoded = codec.decode(row["stream"])
         assert list(decoded.shape) == row["shape"] == [64, 8, 8]

@@ -6,18 +6,13 @@ import torch
 from continual_helpers import stepped
 from torch import nn
 
-from operators.video.continual import (
-    CausalSqueezeExcitation,
-    CoConv3d,
-    Parallel,
-    SlidingGlobalAvgPool,
-    StreamStepper,
-    clone_state,
-    from_module,
-    fuse,
-    state_from_numpy,
-    state_to_numpy,
-)
+from operators.video.continual.containers import Parallel
+from operators.video.continual.conv import CoConv3d
+from operators.video.continual.convert import from_module, fuse
+from operators.video.continual.pooling import SlidingGlobalAvgPool
+from operators.video.continual.squeeze_excitation import CausalSqueezeExcitation
+from operators.video.continual.state import clone_state, state_from_numpy, state_to_numpy
+from operators.video.continual.stepper import StreamStepper
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

@@ -1,9 +1,9 @@
-"""Continual inference in Beam: keyed stream state (TestStream) and the video-features job."""
+"""Continual inference in Beam: live streams (TestStream, stepped == offline) and the video-features job."""
 
 import glob
 import io
+import json
 import os
-import subprocess
 import tarfile
 
 import apache_beam as beam
@@ -18,11 +18,15 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from torch import nn
 
-from operators.video.continual import StreamStepper, from_module
+from batch_inputs import video_bytes
+from operators.video.continual.convert import from_module
+from operators.video.continual.stepper import StreamStepper
+from operators.video.stream_engine import LiveVideo
 from pipelines import video_features
-from schemas.video import FrameInput
-from transforms.continual_video import ContinualStreams
+from schemas.budgets import Budgets
+from schemas.live import LiveChunk, PayloadKind
 from transforms.errors import DEAD_LETTER_TAG
+from transforms.live.streams import LiveStreams
 
 C, H, W = 2, 4, 4
 
@@ -73,23 +77,56 @@ def _close_to(expected):
     return check
 
 
-def _row(o):
-    return o.key, o.frame_index, o.output_index, o.values
+class RawFrames(LiveVideo):
+    """The live video engine over raw float32 ``[C, H, W]`` payloads (lossless, unlike JPEG/PNG)."""
+
+    def decode(self, kind, sample_rate, payload):
+        if int(kind) == PayloadKind.NONE and not payload:
+            return None
+        return np.frombuffer(payload, np.float32).reshape(C, H, W).copy()
 
 
-def test_keyed_streams_out_of_order_equal_offline():
+def raw_engine() -> RawFrames:
+    """The engine injected into the live DoFn (module-level, so it pickles by reference)."""
+    return RawFrames(tiny_stepper(), W, H, top_k=2)
+
+
+def _chunk(sid: str, seq: int, frame=None) -> LiveChunk:
+    if frame is None:  # a bare end-of-stream frame
+        return LiveChunk(sid, seq, True, PayloadKind.NONE, 0, b"", 0.0, "live")
+    return LiveChunk(sid, seq, False, PayloadKind.IMAGE, 0, frame.tobytes(), 0.0, "live")
+
+
+def _row(event):
+    """``(stream, seq, output_index, values)`` of a prediction (values from all top-k = 2 classes)."""
+    values = np.zeros(2, np.float32)
+    values[event.fields["top_classes"]] = event.fields["top_scores"]
+    return event.stream_id, event.seq, event.fields["output_index"], values
+
+
+def _live(p, events, **options):
+    out = p | events | "Live" >> LiveStreams(raw_engine, "tiny", idle_seconds=60, **options)
+    predictions = out["events"] | "Predictions" >> beam.Filter(lambda e: e.event == "prediction")
+    others = out["events"] | "Others" >> beam.Filter(lambda e: e.event != "prediction") | "Kinds" >> beam.Map(
+        lambda e: (e.stream_id, e.event, e.fields.get("missing_from"), e.fields.get("missing_to")))
+    return predictions | "Rows" >> beam.Map(_row), others, out[DEAD_LETTER_TAG]
+
+
+def test_live_streams_out_of_order_equal_offline():
+    """Continual video on the live path: frames shuffled and duplicated, outputs equal offline."""
     streams = {"cam-a": _frames(1, 9), "cam-b": _frames(2, 7)}
     order_a = [0, 2, 1, 3, 5, 4, 6, 8, 7]  # early frames are buffered until the gap closes
     order_b = [1, 0, 2, 3, 6, 5, 4]
     events = TestStream()
     for step, (ia, ib) in enumerate(zip(order_a, order_b + [None] * 2)):
-        batch = [("cam-a", FrameInput(ia, streams["cam-a"][ia], "live"))]
+        batch = [_chunk("cam-a", ia, streams["cam-a"][ia])]
         if ib is not None:
-            batch.append(("cam-b", FrameInput(ib, streams["cam-b"][ib], "live")))
+            batch.append(_chunk("cam-b", ib, streams["cam-b"][ib]))
         events = events.add_elements(batch).advance_watermark_to(step + 1)
         if step == 0:  # a duplicate of a frame still waiting for its predecessor
-            events = events.add_elements([("cam-b", FrameInput(1, streams["cam-b"][1], "live"))])
-    events = events.add_elements([("cam-a", FrameInput(3, streams["cam-a"][3], "live"))])  # duplicate
+            events = events.add_elements([_chunk("cam-b", 1, streams["cam-b"][1])])
+    events = events.add_elements([_chunk("cam-a", 3, streams["cam-a"][3])])  # a duplicate: dropped
+    events = events.add_elements([_chunk(sid, len(frames)) for sid, frames in streams.items()])
     events = events.advance_watermark_to_infinity()
     delay = from_module(_net()).delay
     expected = []
@@ -97,46 +134,29 @@ def test_keyed_streams_out_of_order_equal_offline():
         for n, values in enumerate(_offline(frames)[: len(frames) - delay]):
             expected.append((key, n + delay, n, values))
     with _streaming_pipeline() as p:
-        out = p | events | "Continual" >> ContinualStreams(tiny_stepper, model="tiny")
-        assert_that(out.outputs | "Rows" >> beam.Map(_row), _close_to(expected), label="Outputs")
-        assert_that(
-            out[DEAD_LETTER_TAG] | "Dead" >> beam.Map(lambda d: (d.key, d.error_type)),
-            equal_to([("cam-a#3", "LateFrameError"), ("cam-b#1", "LateFrameError")]),
-            label="DeadLetters",
-        )
+        rows, others, dead = _live(p, events)
+        assert_that(rows, _close_to(expected), label="Outputs")
+        assert_that(others, equal_to([("cam-a", "final", None, None), ("cam-b", "final", None, None)]),
+                    label="Finals")
+        assert_that(dead, equal_to([]), label="NoDeadLetters")
 
 
-def test_missing_frames_are_given_up_after_max_pending():
+def test_missing_frames_are_given_up_after_the_pending_budget():
     frames = _frames(3, 8)
     arrived = [0, 1, 3, 4, 5, 6, 7]  # frame 2 never arrives
     events = TestStream()
     for step, i in enumerate(arrived):
-        events = events.add_elements([("s", FrameInput(i, frames[i], "live"))]).advance_watermark_to(step + 1)
-    events = events.advance_watermark_to_infinity()
+        events = events.add_elements([_chunk("s", i, frames[i])]).advance_watermark_to(step + 1)
+    events = events.add_elements([_chunk("s", 8)]).advance_watermark_to_infinity()
     delay = from_module(_net()).delay
     kept = frames[arrived]  # the stream goes on without the missing frame
-    # output_index follows the frame index, so the gap shows in it.
-    expected = [("s", arrived[n + delay], arrived[n + delay] - delay, v)
-                for n, v in enumerate(_offline(kept)[: len(kept) - delay])]
+    # Each prediction cites the chunk (seq) that completed it; output_index counts stepped frames.
+    expected = [("s", arrived[n + delay], n, v) for n, v in enumerate(_offline(kept)[: len(kept) - delay])]
     with _streaming_pipeline() as p:
-        out = p | events | "Continual" >> ContinualStreams(tiny_stepper, model="tiny", max_pending=2)
-        assert_that(out.outputs | "Rows" >> beam.Map(_row), _close_to(expected), label="Outputs")
-        assert_that(
-            out[DEAD_LETTER_TAG] | "Dead" >> beam.Map(lambda d: (d.key, d.error_type)),
-            equal_to([("s#2", "MissingFramesError")]),
-            label="DeadLetters",
-        )
-
-
-def _video(path: str, seconds: float, size=(48, 40), rate=10) -> bytes:
-    import imageio_ffmpeg
-
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
-           f"testsrc=size={size[0]}x{size[1]}:rate={rate}:duration={seconds}", "-c:v", "libx264",
-           "-pix_fmt", "yuv420p", "-threads", "1", "-movflags", "+faststart", path]
-    subprocess.run(cmd, check=True)
-    with open(path, "rb") as f:
-        return f.read()
+        rows, others, dead = _live(p, events, budgets=Budgets(live_pending_chunks=2))
+        assert_that(rows, _close_to(expected), label="Outputs")
+        assert_that(others, equal_to([("s", "gap", 2, 2), ("s", "final", None, None)]), label="GapAndFinal")
+        assert_that(dead, equal_to([]), label="NoDeadLetters")
 
 
 def _tar(path, members):
@@ -148,11 +168,12 @@ def _tar(path, members):
 
 
 def test_video_features_job_rows_match_offline_and_account(tmp_path):
-    from operators.media.decode import iter_video_frames
-    from operators.video.x3d import build_x3d, co_x3d, x3d_preprocess
+    from operators.media.video import iter_video_frames
+    from operators.video.co_x3d import co_x3d
+    from operators.video.x3d import build_x3d, x3d_preprocess
 
-    good = _video(str(tmp_path / "good.mp4"), 2.0)
-    short = _video(str(tmp_path / "short.mp4"), 0.5)
+    good = video_bytes(str(tmp_path / "good.mp4"), 2.0)
+    short = video_bytes(str(tmp_path / "short.mp4"), 0.5)
     shard = tmp_path / "shard-000000.tar"
     _tar(shard, [("a.mp4", good), ("b.mp4", short), ("c.mp4", b"not a video at all" * 20), ("d.txt", b"hello")])
     out = tmp_path / "out"
@@ -162,7 +183,7 @@ def test_video_features_job_rows_match_offline_and_account(tmp_path):
     assert summary["records"] == 4
     assert (summary["videos"], summary["skipped_no_video"], summary["dead_letters"]) == (1, 1, 2)
     table = pq.read_table(glob.glob(str(out / "frames" / "*.parquet"))[0]).to_pylist()
-    dead = pq.read_table(str(out / "dead_letters" / "shard-000000.parquet")).to_pylist()
+    dead = [json.loads(line) for f in glob.glob(str(out / "__dead_letters" / "*.jsonl")) for line in open(f)]
     assert sorted((d["key"], d["error_type"]) for d in dead) == [("b", "TooShortError"), ("c", "MediaError")]
     # Offline reference: the regular network over the same decoded frames.
     net = build_x3d("tiny", num_classes=5)

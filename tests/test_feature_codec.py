@@ -6,7 +6,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.compression.codec import CodecTables, FeatureCodec, bits_per_element, fit_tables
+from operators.compression.codec import FeatureCodec, bits_per_element
+from operators.compression.tables import CodecTables, fit_tables
 from operators.compression.quantize import (
     calibrate_uniform,
     dequantize_codebook,

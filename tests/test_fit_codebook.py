@@ -1,5 +1,6 @@
 """FitCodebook (distributed k-means in Beam) and the fit-tokenizer job."""
 
+import glob
 import json
 import os
 
@@ -10,7 +11,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from operators.kernels import kmeans, nearest
+from operators.kernels import kmeans, nearest  # tests check the kernels directly
 from operators.tokenizers import codebooks as cb
 from operators.tokenizers import dual_image as dit
 from operators.tokenizers import semantic_audio as sat
@@ -156,22 +157,52 @@ def test_fit_tokenizer_image_same_tokens_on_1_and_2_workers(media, tmp_path):
     data = open(os.path.join(media, "image_0003.png"), "rb").read()
     tokens = [dit.DualImageTokenizer(model_dir=str(tmp_path / w)).encode(data).tokens for w in ("one", "two")]
     np.testing.assert_array_equal(tokens[0], tokens[1])
-    assert two["dead_letters"] == [] and json.load(open(tmp_path / "two" / "model.json"))["codebook_size"] == 24
+    assert two["dead_letters"] == 0 and two["filtered_by_reason"] == {"other_modality": 3}  # 2 clips, broken.wav
+    assert json.load(open(tmp_path / "two" / "model.json"))["codebook_size"] == 24
+
+
+def _audio_args(media, out):
+    return ["--input", media, "--modality", "audio", "--codebook-size", "16", "--acoustic-codebook-size", "8",
+            "--acoustic-stages", "2", "--rate", "50", "--iterations", "2", "--sample-size", "100", "--output", out]
+
+
+def _dead_keys(out):
+    return sorted(json.loads(line)["key"] for f in glob.glob(f"{out}/__dead_letters/*.jsonl") for line in open(f))
 
 
 def test_fit_tokenizer_audio_model_tokenizes_and_reports_dead_letters(media, tmp_path):
     out = str(tmp_path / "audio")
-    summary = fit_tokenizer.run(["--input", media, "--modality", "audio", "--codebook-size", "16",
-                                 "--acoustic-codebook-size", "8", "--acoustic-stages", "2", "--rate", "50",
-                                 "--iterations", "2", "--sample-size", "100", "--output", out])
-    assert [d["key"] for d in summary["dead_letters"]] == ["broken"]
-    assert summary["samples"] == {"rows": 2, "dead_letters": 1, "skipped_other_modality": 6}
+    summary = fit_tokenizer.run(_audio_args(media, out))
+    assert _dead_keys(out) == ["broken"]
+    assert (summary["rows"], summary["dead_letters"], summary["filtered_by_reason"]) == (2, 1, {"other_modality": 6})
+    assert summary["records"] == summary["rows"] + summary["dead_letters"] + summary["filtered"] == 9
     model = sat.load_model(out)
     assert model.group == 2 and model.codebook_sizes() == (16, 8, 8)
     assert model.semantic_decoder.shape == (16, 512)
     data = open(os.path.join(media, "clip_0001.wav"), "rb").read()
     tokens = sat.SemanticAudioTokenizer(model_dir=out).encode(data)
     assert tokens.tokens.shape[1] == 3 and tokens.meta["rate"] == 50
+
+
+def test_fit_tokenizer_resume_and_retry_refit_from_stored_rows(media, tmp_path):
+    """Kills nothing, loses nothing: --resume with everything done runs nothing; a retry re-reads only the
+    dead letter, reloads the kept training rows, keeps the shard's accounting and fits the same model."""
+    out = str(tmp_path / "audio")
+    first = fit_tokenizer.run(_audio_args(media, out))
+    codebooks = {n: np.load(os.path.join(out, n)).tobytes() for n in ("semantic.npy", "acoustic_0.npy", "acoustic_1.npy")}
+    resumed = fit_tokenizer.run(_audio_args(media, out) + ["--resume", "--no-report"])
+    assert resumed["this_run"]["shards_run"] == 0 and resumed["rows"] == first["rows"]
+    retried = fit_tokenizer.run(_audio_args(media, out) + ["--retry-dead-letters", "--no-report"])
+    assert retried["retried_dead_letters"] == 1 and retried["recovered_by_retry"] == 0
+    for field in ("records", "rows", "dead_letters", "filtered", "feature_rows_by_modality"):
+        assert retried[field] == first[field], field
+    manifest = json.load(open(glob.glob(f"{out}/__manifests/*.json")[0]))
+    assert manifest["records"] == manifest["rows"] + manifest["dead_letters"] + manifest["filtered"]
+    for name, data in codebooks.items():
+        assert np.load(os.path.join(out, name)).tobytes() == data, name
+    os.remove(os.path.join(out, "model.json"))  # a crash after the shards were written, before the model
+    fit_tokenizer.run(_audio_args(media, out) + ["--resume", "--no-report"])
+    assert np.load(os.path.join(out, "semantic.npy")).tobytes() == codebooks["semantic.npy"]
 
 
 def test_fit_tokenizer_rejects_bad_flags(media, tmp_path):

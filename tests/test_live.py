@@ -15,8 +15,11 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
 
 from operators.asr.stream_engine import random_live_asr
+from schemas.budgets import Budgets
 from schemas.live import (
     HEADER,
+    MAGIC,
+    MAX_SEQ,
     Frame,
     FrameDecoder,
     FramingError,
@@ -26,7 +29,8 @@ from schemas.live import (
     iter_recording,
 )
 from transforms.errors import DEAD_LETTER_TAG
-from transforms.live.streams import LiveStreamFn, LiveStreams, NumpyTreeCoder
+from transforms.live.coder import NumpyTreeCoder
+from transforms.live.streams import LiveStreamFn, LiveStreams
 
 torch.set_num_threads(1)  # tiny shapes: extra threads only add synchronisation on a shared machine
 
@@ -104,8 +108,8 @@ def _cells():
 
 
 def _call(fn, cells, chunks):
-    streams, closed, timer = cells
-    return list(fn.process((0, chunks), streams=streams, closed=closed, expiry=timer))
+    book, engines, timer = cells
+    return list(fn.process((0, chunks), book=book, engines=engines, expiry=timer))
 
 
 def _tokens(outputs, sid):
@@ -137,12 +141,10 @@ def test_live_asr_engine_equals_offline_for_any_piece_sizes(engine, n):
     rng = np.random.default_rng(n + 1)
     state, tokens = engine.init_state(), []
     pieces = np.split(_pcm16(x), np.sort(rng.integers(0, n + 1, 9)))
-    for i, piece in enumerate(pieces):
-        state = engine.push(state, engine.decode(1, 16000, piece.tobytes()), i == len(pieces) - 1)
-        while engine.ready(state):
-            [(delta, state)] = engine.step_batch([state])
-            tokens += delta["tokens"] if delta else []
-    assert engine.finished(state)
+    for piece in pieces:
+        [outputs], [state] = engine.step([engine.decode(1, 16000, piece.tobytes())], [state])
+        tokens += [t for delta in outputs for t in delta["tokens"]]
+    tokens += [t for delta in engine.finalize(state) for t in delta["tokens"]]
     assert tokens == _offline_tokens(engine, x)
     assert n < 17999 or len(tokens) > 5  # the comparison is not vacuous
 
@@ -182,10 +184,10 @@ def test_pipeline_interleaved_reordered_duplicated_equals_offline(engine):
     def check_dead(dead):
         reasons = sorted((d.key, d.error_type) for d in dead)
         assert reasons == [("d#0", "SampleFormatError"), ("d#1", "SampleFormatError"),
-                           ("d#2", "OversizedChunkError"), ("d#4", "FinalisedStreamError")], reasons
+                           ("d#2", "BudgetExceeded"), ("d#4", "FinalisedStreamError")], reasons
 
     with TestPipeline(options=_streaming_options()) as p:
-        out = p | stream | LiveStreams(FACTORY, "tiny", num_shards=2, max_payload_bytes=65536)
+        out = p | stream | LiveStreams(FACTORY, "tiny", num_shards=2, budgets=Budgets(live_frame_bytes=65536))
         assert_that(out["events"], check_events, label="CheckEvents")
         assert_that(out[DEAD_LETTER_TAG], check_dead, label="CheckDeadLetters")
 
@@ -219,7 +221,7 @@ def test_state_size_is_bounded_for_long_streams():
         sizes.append(len(cells[0].data))
     early, late = max(sizes[4:12]), max(sizes[-8:])
     assert late <= early * 1.05, (early, late)
-    assert cells[0].read()["long"]["op"]["mel"].shape[1] < 112
+    assert cells[1].read()["long"]["mel"].shape[1] < 112
 
 
 def test_idle_expiry_checks_last_seen_time(engine):
@@ -228,25 +230,27 @@ def test_idle_expiry_checks_last_seen_time(engine):
     x = _audio(8, 24000)
     chunk = _chunks("idle", x, [])[0]._replace(eos=False)
     events = _call(fn, cells, [chunk])
-    streams, closed, timer = cells
+    book, engines, timer = cells
+    assert timer.when == 110.0
     now[0] = 105.0  # an early firing (the in-process runner fires after every bundle)
-    assert list(fn.expire(streams=streams, closed=closed, expiry=timer)) == []
-    assert "idle" in streams.read()
+    assert list(fn.expire(book=book, engines=engines, expiry=timer)) == []
+    assert "idle" in book.read()["streams"] and "idle" in engines.read()
     now[0] = 111.0
-    events += list(fn.expire(streams=streams, closed=closed, expiry=timer))
+    events += list(fn.expire(book=book, engines=engines, expiry=timer))
     assert events[-1].event == "final" and events[-1].fields["reason"] == "idle"
     assert _tokens(events, "idle") == _offline_tokens(engine, x)
-    assert streams.read() is None and "idle" in closed.read()
+    assert engines.read() is None and book.read()["streams"] == {} and "idle" in book.read()["closed"]
 
 
 def test_gap_is_reported_and_skipped_other_streams_unaffected(engine):
-    fn, cells = _fn(max_pending=2), _cells()
+    fn, cells = _fn(budgets=Budgets(live_pending_chunks=2)), _cells()
     x, y = _audio(21, 20000), _audio(22, 12000)
     cx = _chunks("gappy", x, [4000, 8000, 12000, 16000])
     cy = _chunks("ok", y, [6000])
     outputs = _call(fn, cells, [cx[0], cy[0], cx[2], cx[3], cy[1], cx[4]])  # cx[1] never arrives
     gaps = [o for o in outputs if getattr(o, "event", "") == "gap"]
     assert [(g.stream_id, g.fields["missing_from"], g.fields["missing_to"]) for g in gaps] == [("gappy", 1, 1)]
+    assert "live_pending_chunks=2" in gaps[0].fields["reason"]
     assert _tokens(outputs, "ok") == _offline_tokens(engine, y)
     assert [o.fields["reason"] for o in outputs if getattr(o, "event", "") == "final"] == ["eos", "eos"]
 
@@ -289,6 +293,8 @@ def test_tcp_loopback_live_asr_job(tmp_path, engine):
         c.start()
     idle_audio = _audio(33, 12000)
     with send.connect("127.0.0.1", port) as raw:  # a stream that never ends: expired when idle
+        # A hostile frame first (sequence number 2^64 - 1; it used to kill the job with every stream).
+        raw.sendall(HEADER.pack(MAGIC, 1, 0, PayloadKind.PCM_S16LE, 0, 4, 2**64 - 1, 16000, 0) + b"evil")
         for frame in send.audio_frames(_pcm16(idle_audio).astype(np.float32) / 32768, "idle", 0.25):
             raw.sendall(encode_frame(frame._replace(eos=False)))
         with send.connect("127.0.0.1", port) as bad:  # garbage on another connection
@@ -301,15 +307,16 @@ def test_tcp_loopback_live_asr_job(tmp_path, engine):
     idle = [e for e in lines if e["stream_id"] == "idle"]
     assert idle[-1]["event"] == "final" and idle[-1]["reason"] == "idle"
     assert [t for e in idle for t in e.get("tokens", [])] == _offline_tokens(engine, idle_audio)
-    errors = [e for e in lines if e["event"] == "error"]
-    assert len(errors) == 1 and "malformed frame header" in errors[0]["reason"], errors
+    errors = sorted((e for e in lines if e["event"] == "error"), key=lambda e: e["stream_id"] != "evil")
+    assert len(errors) == 2 and "malformed frame header" in errors[1]["reason"], errors
+    assert errors[0]["stream_id"] == "evil" and "sequence number" in errors[0]["reason"], errors
     counters: dict = {}
     for m in outcome["result"].metrics().query()["counters"]:
         name = f"{m.key.metric.namespace}/{m.key.metric.name}"
         counters[name] = counters.get(name, 0) + m.committed
     sent = sum(r["frames"] for r in results.values()) + 3  # + the idle stream's three frames
     # Inputs = outputs + dead letters, on both stages.
-    assert counters["LiveSource/frames"] == sent and counters["LiveSource/bad_frames"] == 1
+    assert counters["LiveSource/frames"] == sent and counters["LiveSource/bad_frames"] == 2
     assert counters["LiveStreams/chunks"] == sent == counters["LiveStreams/pushed_chunks"]
     assert counters["LiveStreams/finalised_streams"] == 3
     for sid, x in audio.items():
@@ -399,3 +406,19 @@ def test_live_video_streams_equal_offline_stepper():
         assert_that(out["events"], check, label="CheckPredictions")
         assert_that(out[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.key, d.error_type)),
                     lambda got: got == [("v3#0", "FrameFormatError")] or pytest.fail(str(got)), label="CheckDead")
+
+
+def test_largest_sequence_numbers_fit_the_coded_state(engine):
+    """The largest valid sequence numbers go through the book and the state coder (a number
+    past int64 used to stop the job with every stream); another stream is unaffected."""
+    fn, cells = _fn(budgets=Budgets(live_pending_chunks=1)), _cells()
+    x = _audio(51, 12000)
+    ok = _chunks("ok", x, [5000])
+    far = [LiveChunk("far", seq, False, PayloadKind.PCM_S16LE, 16000, b"\x00" * 640, 0.0, "test")
+           for seq in (MAX_SEQ - 1, MAX_SEQ)]
+    outputs = _call(fn, cells, [ok[0], *far]) + _call(fn, cells, [ok[1]])
+    gaps = [o for o in outputs if getattr(o, "event", "") == "gap"]
+    assert [(g.stream_id, g.fields["missing_to"]) for g in gaps] == [("far", MAX_SEQ - 2)]
+    assert cells[0].read()["streams"]["far"]["next"] == MAX_SEQ + 1 == 2**63 - 1
+    assert _tokens(outputs, "ok") == _offline_tokens(engine, x) and not _dead(outputs)
+

@@ -30,6 +30,7 @@ def test_sample_shards_are_deterministic_and_counted(tmp_path):
     assert len(keys) == 5 and {name.rsplit(".", 1)[1] for name, _ in members} >= {"jpg", "mp4", "wav", "json", "txt"}
     record = json.loads(dict(members)["s000000-0000.json"])
     assert record["kind"] == "image" and record["caption"].startswith("a synthetic image")
+    assert record["deliberately_broken"] is False
     assert sum(first["shards"].values()) == len(first["kinds"])
 
 
@@ -49,6 +50,18 @@ def test_broken_samples_fail_and_good_ones_tokenize(tmp_path):
                 outcomes[key] = "error"
     assert {k for k, v in outcomes.items() if v == "error"} == set(result["broken"])
     assert len(outcomes) == len(result["kinds"])
+
+
+def test_deliberately_broken_samples_are_marked_by_key_and_record(tmp_path):
+    result = make_samples.write_sample_shards(str(tmp_path), 2, 3, seed=0)
+    prefix = make_samples.DELIBERATELY_BROKEN_PREFIX
+    assert result["broken"] == ["broken-s000000-0002", "broken-s000001-0002"]
+    assert [k for k in result["kinds"] if k.startswith(prefix)] == result["broken"]
+    for path in result["shards"]:
+        records = [json.loads(p) for n, p in _members(path) if n.endswith(".json")]
+        assert {r["key"] for r in records if r["deliberately_broken"]} == {
+            r["key"] for r in records if r["key"].startswith(prefix)
+        } != set()
 
 
 def test_hostile_set_outcomes_match_what_it_promises(tmp_path):

@@ -1,4 +1,4 @@
-"""operators.media.decode: ffmpeg/Pillow decoding against references built in the test."""
+"""operators.media (audio, video, image, probe): ffmpeg/Pillow decoding against references built in the test."""
 
 import io
 import os
@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from operators.media import decode as media_decode
-from operators.media.decode import decode_audio, decode_image, ffmpeg_binary, iter_video_frames, probe
+from operators.media import ffmpeg_io as media_decode
+from operators.media.audio import decode_audio
+from operators.media.ffmpeg_io import MediaBudgetExceeded, ffmpeg_binary
+from operators.media.image import decode_image
+from operators.media.probe import probe
+from operators.media.video import iter_video_frames
 from operators.tokenizers.base import MediaError
 from pipelines.tools.make_samples import audio_only_mp4, bomb_png, float_wav_bytes, synthetic_video, wav_bytes
 
@@ -150,9 +154,9 @@ def test_decode_image_exact_and_rgb():
 
 def test_decode_image_refuses_bombs_before_allocating():
     tracemalloc.start()
-    with pytest.raises(MediaError, match="too large"):
+    with pytest.raises(MediaBudgetExceeded, match="budget image_pixels=64000000 exceeded: Pillow refused"):
         decode_image(bomb_png(30000, 30000))
-    with pytest.raises(MediaError, match="above the limit of 64000000"):
+    with pytest.raises(MediaError, match="budget image_pixels=64000000 exceeded: the image declares 9000x8000"):
         decode_image(bomb_png(9000, 8000))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -187,3 +191,39 @@ def test_probe_video_with_audio_and_audio_only():
     assert audio["has_audio"] and not audio["has_video"] and audio["sample_rate"] == RATE
     with pytest.raises(MediaError, match="not a decodable media file"):
         probe(b"garbage" * 100)
+
+
+def test_decode_audio_budgets_refuse_long_payloads_and_allow_truncation(tmp_path):
+    two_seconds = wav_bytes(_tone(seconds=2.0), RATE)
+    with pytest.raises(MediaBudgetExceeded, match="budget media_seconds=1.5 exceeded: the payload decodes to more"):
+        decode_audio(two_seconds, media_seconds=1.5)  # piped WAV: no declared duration, the output is counted
+    path = tmp_path / "two.wav"
+    path.write_bytes(two_seconds)
+    declared = "budget media_seconds=1.5 exceeded: the payload declares 2.0 s"
+    with pytest.raises(MediaBudgetExceeded, match=declared) as caught:
+        decode_audio(str(path), media_seconds=1.5)
+    assert caught.value.budget == "media_seconds"
+    with pytest.raises(MediaBudgetExceeded, match="budget audio_samples=16000 exceeded"):
+        decode_audio(two_seconds, sample_rate=16000, audio_samples=16000)
+    assert len(decode_audio(two_seconds, sample_rate=8000, max_seconds=1.0, media_seconds=1.5)) == 8000
+    assert len(decode_audio(two_seconds, sample_rate=8000, media_seconds=2.0)) == 16000
+
+
+def test_iter_video_frames_budgets():
+    video = _lossless_video(_color_frames(20), fps=10)
+    with pytest.raises(MediaBudgetExceeded, match="budget video_frames=5 exceeded"):
+        list(iter_video_frames(video, fps=None, width=16, height=16, video_frames=5))
+    with pytest.raises(MediaBudgetExceeded, match="budget media_seconds=1 exceeded"):
+        list(iter_video_frames(video, fps=10, width=16, height=16, media_seconds=1.0))
+    assert len(list(iter_video_frames(video, fps=10, width=16, height=16, max_seconds=1.0, media_seconds=1.0))) == 10
+
+
+def test_video_source_frames_are_held_to_the_pixel_budget():
+    from operators.tokenizers.avc import AvcTokenizer
+
+    video = _lossless_video(_color_frames(3), fps=10)
+    with pytest.raises(MediaBudgetExceeded, match="budget image_pixels=1000 exceeded: decoding the video needs 48x32 frames"):
+        list(iter_video_frames(video, fps=None, width=16, height=16, image_pixels=1000))
+    with pytest.raises(MediaBudgetExceeded, match="budget image_pixels=1000 exceeded"):
+        AvcTokenizer(seconds=1, image_pixels=1000).encode(video)
+    assert len(list(iter_video_frames(video, fps=None, width=16, height=16, image_pixels=64 * 64))) == 3  # decoders may align sizes

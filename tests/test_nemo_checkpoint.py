@@ -11,8 +11,10 @@ import pytest
 import torch
 import yaml
 
+from operators.asr.config import RNNTConfig
+from operators.asr.model import random_model, small_config
 from operators.asr.nemo_checkpoint import NemoCheckpointError, load_nemo, model_config_to_nemo, save_nemo
-from operators.asr.streaming import RNNTConfig, StreamingASR, random_model, small_config
+from operators.asr.streaming import StreamingASR
 
 torch.set_num_threads(1)
 
@@ -61,7 +63,7 @@ def _hybrid(spm_vocab_size, seed=0):
 
 
 def test_loads_hybrid_rnnt_ctc_bpe_archive(tmp_path, spm_bytes):
-    from operators.asr.streaming import SentencePieceVocabulary
+    from operators.asr.vocabulary import SentencePieceVocabulary
 
     vocab = SentencePieceVocabulary(spm_bytes)
     model = _hybrid(vocab.size)
@@ -171,7 +173,7 @@ def test_unsafe_archives_are_refused(tmp_path):
 
 
 def test_nemo_key_names(spm_bytes):
-    from operators.asr.streaming import SentencePieceVocabulary
+    from operators.asr.vocabulary import SentencePieceVocabulary
 
     keys = set(_hybrid(SentencePieceVocabulary(spm_bytes).size).state_dict())
     for key in [
@@ -185,3 +187,110 @@ def test_nemo_key_names(spm_bytes):
     ]:
         assert key in keys, key
     assert "encoder.layers.0.self_attn.linear_pos.bias" not in keys
+
+
+def _char_archive_parts():
+    labels = list(" abcdefghijk")
+    model = random_model(replace(small_config(), vocab_size=len(labels)))
+    return model, model_config_to_nemo(model.config, labels=labels)
+
+
+def _set(cfg, dotted, value):
+    *parents, last = dotted.split(".")
+    for name in parents:
+        cfg = cfg[name]
+    if value is _DELETE:
+        del cfg[last]
+    else:
+        cfg[last] = value
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("encoder.d_model", _DELETE, "lacks the required field 'd_model'"),
+        ("encoder", "not a mapping", "malformed checkpoint \\(AttributeError"),
+        ("encoder.n_layers", 10**9, "encoder.n_layers = 1000000000"),
+        ("encoder.n_layers", "many", "malformed checkpoint \\(ValueError"),
+        ("encoder.d_model", 10**6, "weight encoder.* has shape"),
+        ("encoder.n_heads", 0, "malformed checkpoint|has shape"),
+        ("preprocessor.window_size", 0, "preprocessor.window_size"),
+        ("preprocessor.n_fft", 1 << 30, "preprocessor.n_fft"),
+        ("preprocessor.features", 10**6, "preprocessor.features"),
+        ("labels", [], "neither tokenizer nor labels"),
+    ],
+)
+def test_every_config_failure_is_a_checkpoint_error(tmp_path, field, value, message):
+    import time
+    import tracemalloc
+
+    model, cfg = _char_archive_parts()
+    _set(cfg, field, value)
+    if field == "labels":
+        cfg["decoder"]["vocabulary"] = []
+    path = str(tmp_path / "bad.nemo")
+    _write_archive(path, _nemo_members(model, cfg))
+    began = time.monotonic()
+    tracemalloc.start()
+    with pytest.raises(NemoCheckpointError, match=message) as caught:
+        load_nemo(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert str(caught.value).startswith(path)
+    assert time.monotonic() - began < 5 and peak < 64 << 20  # a declared huge model is never allocated
+
+
+def test_hostile_archive_contents_are_checkpoint_errors(tmp_path):
+    model, cfg = _char_archive_parts()
+    good = _nemo_members(model, cfg)
+    marker = tmp_path / "pwned"
+    tagged = f'x: !!python/object/apply:os.system ["touch {marker}"]\n'.encode()
+    cases = {
+        "python tag": {**good, "./model_config.yaml": tagged},
+        "not utf-8": {**good, "./model_config.yaml": b"\xff\xfe\x00bad"},
+        "list weights": {**good, "./model_weights.ckpt": _saved([torch.zeros(2)])},
+        "non-tensor values": {**good, "./model_weights.ckpt": _saved({"encoder.x": 3})},
+        "bad shape": {**good, "./model_weights.ckpt": _saved({**model.state_dict(),
+                                                              "decoder.decoder_layers.0.bias": torch.zeros(3)})},
+    }
+    expected = {
+        "python tag": "not plain UTF-8 YAML", "not utf-8": "not plain UTF-8 YAML",
+        "list weights": "state dict of named tensors", "non-tensor values": "state dict of named tensors",
+        "bad shape": "decoder.decoder_layers.0.bias has shape",
+    }
+    for name, members in cases.items():
+        path = str(tmp_path / f"{name}.nemo")
+        _write_archive(path, members)
+        with pytest.raises(NemoCheckpointError, match=expected[name]):
+            load_nemo(path)
+    assert not marker.exists()
+
+
+def _saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def test_unreadable_archives_and_budgets_are_checkpoint_errors(tmp_path, spm_bytes):
+    model, cfg = _char_archive_parts()
+    good = _nemo_members(model, cfg)
+    garbage = tmp_path / "garbage.nemo"
+    garbage.write_bytes(os.urandom(4096))
+    truncated = tmp_path / "truncated.nemo"
+    _write_archive(str(truncated), good)
+    truncated.write_bytes(truncated.read_bytes()[:3000])
+    for path in (garbage, truncated):
+        with pytest.raises(NemoCheckpointError, match="not a readable .nemo tar archive|truncated"):
+            load_nemo(str(path))
+    path = str(tmp_path / "good.nemo")
+    _write_archive(path, good)
+    with pytest.raises(NemoCheckpointError, match="budget member_bytes=1000 exceeded"):
+        load_nemo(path, member_bytes=1000)
+    tokenizer_cfg = {**cfg, "tokenizer": {"type": "bpe", "model_path": "nemo:1a2b3c_tokenizer.model"}}
+    _write_archive(path, _nemo_members(model, tokenizer_cfg, tokenizer=b"not a sentencepiece model"))
+    with pytest.raises(NemoCheckpointError, match="not a SentencePiece model"):
+        load_nemo(path)

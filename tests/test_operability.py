@@ -38,11 +38,16 @@ def table(pattern):
     return sorted(rows, key=lambda r: (r["source"], r["key"]))
 
 
+def dead_letters(out):
+    rows = [json.loads(line) for f in sorted(glob.glob(f"{out}/__dead_letters/*.jsonl")) for line in open(f)]
+    return sorted(rows, key=lambda r: (r["source"], r["key"]))
+
+
 def test_retry_dead_letters_recovers_them_and_keeps_the_accounting(samples, full_run, tmp_path):
     out = str(tmp_path / "out")
     shards = sorted(samples["shards"])
-    first = build_corpus.run(["--input", *shards, "--output", out, "--max-member-mb", "0.012", "--no-report"])
-    too_big = [d for d in table(f"{out}/dead_letters/*.parquet") if "-byte limit" in d["message"]]
+    first = build_corpus.run(["--input", *shards, "--output", out, "--budget", "member_bytes=12582", "--no-report"])
+    too_big = [d for d in dead_letters(out) if "member_bytes" in d["message"]]
     assert too_big, "the small member limit should turn some samples into dead letters"
     assert first["dead_letters"] == len(too_big) + len(samples["broken"])
 
@@ -52,8 +57,8 @@ def test_retry_dead_letters_recovers_them_and_keeps_the_accounting(samples, full
     assert retry["records"] == retry["rows"] + retry["dead_letters"] == sum(samples["shards"].values())
     full_out, _ = full_run
     assert table(f"{out}/corpus/*.parquet") == table(f"{full_out}/corpus/*.parquet")
-    assert table(f"{out}/dead_letters/*.parquet") == table(f"{full_out}/dead_letters/*.parquet")
-    for path in glob.glob(f"{out}/_manifests/*.json"):
+    assert dead_letters(out) == dead_letters(full_out)
+    for path in glob.glob(f"{out}/__manifests/*.json"):
         m = json.load(open(path))
         assert m["records"] == m["rows"] + m["dead_letters"]
 
@@ -66,7 +71,7 @@ def test_retry_also_finishes_unfinished_shards(samples, full_run, tmp_path):
     shards = sorted(samples["shards"])
     build_corpus.run(["--input", shards[0], "--output", out, "--no-report"])
     summary = build_corpus.run(["--input", *shards, "--output", out, "--retry-dead-letters", "--no-report"])
-    assert summary["shards"] == 2 and summary["skipped_by_resume"] == 0
+    assert summary["this_run"]["shards_run"] == 2 and summary["skipped_by_resume"] == 0
     assert table(f"{out}/corpus/*.parquet") == table(f"{full_run[0]}/corpus/*.parquet")
 
 
@@ -86,7 +91,7 @@ def test_manifest_progress_counts_finished_shards(samples, full_run):
     done = manifest_progress(out, sorted(samples["shards"]), since_s=0)
     assert done() == (2, summary["records"])
     assert manifest_progress(out, sorted(samples["shards"]), since_s=4e9)() == (0, 0)
-    assert not os.path.exists(f"{out}/_progress"), "live progress files are removed when the job ends"
+    assert not os.path.exists(f"{out}/__job/progress"), "live progress files are removed when the job ends"
 
 
 def test_live_progress_files_count_shards_and_samples_read(samples, tmp_path):
@@ -95,14 +100,16 @@ def test_live_progress_files_count_shards_and_samples_read(samples, tmp_path):
 
     from transforms.progress import read_progress
 
-    args = build_corpus.build_parser().parse_args(
+    from pipelines.job import NO_RETRY
+
+    job = build_corpus.BuildCorpus()
+    args, _, sources = job.parse(
         ["--input", *samples["shards"], "--output", str(tmp_path / "o"), "--progress-interval", "0.2"]
     )
     progress_dir = str(tmp_path / "progress")
+    job.progress_dir = progress_dir
     with TestPipeline(runner=FnApiRunner()) as p:
-        build_corpus.build_graph(
-            p, build_corpus.validate(args), args, build_corpus.resolve_tokenizers(args), progress_dir=progress_dir
-        )
+        _ = job.write(job.build(p, sources, args, NO_RETRY), args) | "CountWrite" >> job.count("Write")
     live = read_progress(progress_dir)
     assert live["ShardsRead"] == len(samples["shards"])
     assert live["Read"] == sum(samples["shards"].values())  # no reader dead letters in these shards
@@ -111,7 +118,7 @@ def test_live_progress_files_count_shards_and_samples_read(samples, tmp_path):
 
 def test_metrics_count_every_stage_and_dead_letters_per_stage(full_run):
     out, summary = full_run
-    report = json.load(open(f"{out}/report.json"))
+    report = json.load(open(f"{out}/__job/report.json"))
     counters = report["metrics"]["counters"]
     dead_by_stage = {k.split("/", 1)[1]: v for k, v in counters.items()
                      if k.startswith("DeadLetters/") and "." not in k}
@@ -127,7 +134,7 @@ def test_metrics_count_every_stage_and_dead_letters_per_stage(full_run):
 
 def test_report_json_matches_the_output(full_run):
     out, summary = full_run
-    report = json.load(open(f"{out}/report.json"))
+    report = json.load(open(f"{out}/__job/report.json"))
     assert report["corpus_rows"] == summary["rows"] and report["dead_letter_rows"] == summary["dead_letters"]
     for modality, n in summary["rows_by_modality"].items():
         stats = report["tokens_per_sample"][modality]
@@ -141,8 +148,8 @@ def test_report_json_matches_the_output(full_run):
 
 def test_report_html_is_self_contained_with_four_plots(full_run):
     out, summary = full_run
-    page = open(f"{out}/report.html").read()
-    report = json.load(open(f"{out}/report.json"))
+    page = open(f"{out}/__job/report.html").read()
+    report = json.load(open(f"{out}/__job/report.json"))
     figures = [chunk.split("</figure>", 1)[0] for chunk in page.split("<figure")[1:]]
     assert len(figures) == 4
     plots = {}
@@ -165,7 +172,7 @@ def test_report_html_is_self_contained_with_four_plots(full_run):
 def test_report_renders_in_a_headless_browser(full_run, tmp_path):
     shot = str(tmp_path / "report.png")
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "benchmarks", "check_report.py"), f"{full_run[0]}/report.html", shot],
+        [sys.executable, os.path.join(REPO, "benchmarks", "check_report.py"), f"{full_run[0]}/__job/report.html", shot],
         capture_output=True, text=True, timeout=90,
     )
     assert result.returncode == 0, result.stdout + result.stderr

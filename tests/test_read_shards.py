@@ -109,3 +109,21 @@ def test_expand_inputs_rejects_patterns_that_match_nothing(pattern, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="matches no file"):
         expand_inputs([pattern])
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w:bz2", "w:xz"])
+def test_compressed_shards_are_read_and_budgeted(tmp_path, mode):
+    from schemas.budgets import Budgets
+
+    path = tmp_path / f"s.tar.{mode[2:]}"
+    with tarfile.open(path, mode) as tar:
+        for name, data in [("a.jpg", b"1"), ("big.jpg", b"x" * 5000), ("c.jpg", b"3")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = read_direct(str(path))
+    assert sorted(o.key for o in out if not isinstance(o, beam.pvalue.TaggedOutput)) == ["a", "big", "c"]
+    out = list(ReadShardFn(Budgets(member_bytes=1000)).process(str(path)))
+    dead = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput) and o.tag == DEAD_LETTER_TAG]
+    assert [o.key for o in out if not isinstance(o, beam.pvalue.TaggedOutput)] == ["a"]
+    assert [d.key for d in dead] == ["big"] and "budget member_bytes=1000 exceeded" in dead[0].message

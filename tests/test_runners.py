@@ -11,6 +11,7 @@ services run on loopback ports chosen here and are always stopped.
 """
 
 import glob
+import json
 import os
 import signal
 import socket
@@ -39,11 +40,10 @@ def shards(tmp_path_factory):
 
 def outputs(out: str):
     """Corpus rows and dead letters of an output, sorted, as plain Python values."""
-    tables = {}
-    for name in ("corpus", "dead_letters"):
-        rows = [r for f in sorted(glob.glob(f"{out}/{name}/*.parquet")) for r in pq.read_table(f).to_pylist()]
-        tables[name] = sorted(rows, key=lambda r: (r["source"], r["key"], r.get("stage", "")))
-    return tables
+    corpus = [r for f in sorted(glob.glob(f"{out}/corpus/*.parquet")) for r in pq.read_table(f).to_pylist()]
+    dead = [json.loads(line) for f in sorted(glob.glob(f"{out}/__dead_letters/*.jsonl")) for line in open(f)]
+    return {name: sorted(rows, key=lambda r: (r["source"], r["key"], r.get("stage", "")))
+            for name, rows in (("corpus", corpus), ("dead_letters", dead))}
 
 
 @pytest.fixture(scope="module")

@@ -9,20 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from operators.asr.config import RNNTConfig, chunk_sizes
 from operators.asr.frontend import MelConfig, log_mel, mel_filterbank
 from operators.asr.layers import PackedLinear
-from operators.asr.streaming import (
-    CharVocabulary,
-    RNNTConfig,
-    StreamingASR,
-    chunk_sizes,
-    concat_states,
-    random_model,
-    select_streams,
-    small_config,
-    state_from_numpy,
-    state_to_numpy,
-)
+from operators.asr.model import random_model, small_config
+from operators.asr.state import concat_states, select_streams, state_from_numpy, state_to_numpy
+from operators.asr.streaming import StreamingASR
+from operators.asr.vocabulary import CharVocabulary
 
 VOCAB = CharVocabulary(list("abcdefghijkl"))
 torch.set_num_threads(1)  # tiny shapes: extra threads only add synchronisation on a shared machine

@@ -1,8 +1,14 @@
 """Helpers of the embedded-model training job (the espeak-ng synthesis itself is not run here)."""
 
+import os
 import random
 
-from operators.asr.streaming import SentencePieceVocabulary
+import pytest
+
+from operators.asr.nemo_checkpoint import EMBEDDED_MODEL
+from operators.asr.vocabulary import SentencePieceVocabulary
+from pipelines.common import ConfigError
+from pipelines.tools import train_asr
 from pipelines.tools.train_asr import VOCABULARY, train_tokenizer, word_error_rate
 
 
@@ -22,3 +28,15 @@ def test_tokenizer_gives_one_piece_per_vocabulary_word():
     vocab = SentencePieceVocabulary(train_tokenizer(texts, 64))
     assert all(len(vocab.encode(word)) == 1 for word in VOCABULARY)
     assert vocab.decode(vocab.encode("seven go left")) == "seven go left"
+
+
+def test_shipped_model_is_replaced_only_with_the_explicit_flag(tmp_path):
+    assert train_asr.DEFAULT_OUTPUT.startswith("out" + os.sep)
+    before = os.stat(EMBEDDED_MODEL).st_mtime_ns
+    with pytest.raises(ConfigError, match="--install-as-default"):
+        train_asr.run(["--output", EMBEDDED_MODEL])  # refused before espeak-ng or training start
+    assert os.stat(EMBEDDED_MODEL).st_mtime_ns == before
+    mine = str(tmp_path / "m.nemo")
+    assert train_asr.output_paths(mine, False) == [mine]
+    assert train_asr.output_paths(mine, True) == [mine, EMBEDDED_MODEL]
+    assert train_asr.output_paths(EMBEDDED_MODEL, True) == [EMBEDDED_MODEL]

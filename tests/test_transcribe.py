@@ -1,57 +1,45 @@
 """The transcribe job and its RunInference handler, on a tiny fixed-weight model."""
 
-import json
 import os
-import wave
-from dataclasses import replace
 
 import apache_beam as beam
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from batch_inputs import (
+    read_dead_letters,
+    read_rows,
+    tiny_asr_model,
+    wav_bytes,
+    write_file,
+)
 
-from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo, save_nemo
-from operators.asr.streaming import random_model, small_config
+from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo
 from pipelines.common import ConfigError
 from pipelines.transcribe import run
-from schemas.asr import ASR_SCHEMA, AudioItem
-from transforms.asr import ASRModelHandler, TranscribeFiles
+from schemas.asr import AudioItem
+from transforms.asr import ASRModelHandler, TranscribeAudio
 from transforms.errors import DEAD_LETTER_TAG
+from transforms.read_audio import ReadAudio
 
 torch.set_num_threads(1)
-LABELS = list(" abcdefghijk")
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    model = random_model(replace(small_config(), vocab_size=len(LABELS)), seed=21)
-    with torch.no_grad():
-        model.decoder.decoder_layers[0].bias[-1] = -2.0  # emit some tokens
-    path = str(tmp_path_factory.mktemp("model") / "tiny.nemo")
-    save_nemo(path, model, labels=LABELS)
-    return path
-
-
-def _wav(path, samples):
-    with wave.open(path, "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(16000)
-        handle.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return tiny_asr_model(str(tmp_path_factory.mktemp("model") / "tiny.nemo"))
 
 
 @pytest.fixture()
 def audio_dir(tmp_path):
-    rng = np.random.default_rng(22)
-    for name, seconds in (("a", 1.3), ("b", 0.7), ("c", 2.1)):
-        t = np.arange(int(seconds * 16000)) / 16000
-        _wav(str(tmp_path / f"{name}.wav"), 0.3 * np.sin(2 * np.pi * 300 * t) + 0.05 * rng.standard_normal(t.size))
-    (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wav")
-    return tmp_path
+    folder = tmp_path / "audio"
+    for i, (name, seconds) in enumerate((("a.wav", 1.3), ("b.wav", 0.7), ("sub/c.wav", 2.1))):
+        write_file(str(folder / name), wav_bytes(seconds, seed=i))
+    write_file(str(folder / "broken.wav"), b"RIFF not really a wav")
+    return folder
 
 
 def test_handler_transcribes_like_the_operator(model_path):
@@ -65,50 +53,80 @@ def test_handler_transcribes_like_the_operator(model_path):
     assert [r.text for r in rows] == expected
     assert rows[0].att_context == "70,6" and rows[0].decoder == "ctc"
     assert rows[1].duration_s == pytest.approx(9000 / 16000)
+    assert handler.get_num_bytes(items) == 4 * (16000 + 9000)  # payload sizes, no pickling
     streaming = ASRModelHandler(model_path, att_context=(70, 6), streaming=True)
     assert [r.text for r in streaming.run_inference(items, streaming.load_model())] == expected
 
 
-def test_transcribe_files_routes_bad_files_to_dead_letters(model_path, audio_dir):
-    files = sorted(str(p) for p in audio_dir.iterdir())
+def key_and_stage(dead):
+    return dead.key, dead.stage
+
+
+def row_key(row):
+    return row.key
+
+
+def test_read_audio_keys_keep_relative_paths_and_extensions(tmp_path):
+    folder = tmp_path / "clips"
+    for name in ("cmd.wav", "cmd.ogg.wav", "x/cmd.wav"):
+        write_file(str(folder / name), wav_bytes(0.3))
+    write_file(str(folder / "notes.txt"), b"not audio")  # not an audio suffix: not a record
+    single = write_file(str(tmp_path / "one.wav"), wav_bytes(0.3))
     with TestPipeline(runner=FnApiRunner()) as pipeline:
-        results = pipeline | "Files" >> beam.Create(files) | "Run" >> TranscribeFiles(
-            ASRModelHandler(model_path))
-        assert_that(results["rows"] | "Keys" >> beam.Map(lambda r: r.key),
-                    equal_to(["a", "b", "c"]), label="CheckRows")
-        assert_that(results[DEAD_LETTER_TAG] | "DeadKeys" >> beam.Map(lambda d: (d.key, d.stage)),
-                    equal_to([("broken", "DecodeAudio")]), label="CheckDead")
+        read = pipeline | "Read" >> ReadAudio([str(folder), single])
+        keys = read["audio"] | "Keys" >> beam.Map(lambda a: (a.source, a.key))
+        assert_that(keys, equal_to([(str(folder), "cmd.wav"), (str(folder), "cmd.ogg.wav"),
+                                    (str(folder), "x/cmd.wav"), (single, "one.wav")]), label="Keys")
+        stats = read["stats"] | "Stats" >> beam.Map(tuple)
+        assert_that(stats, equal_to([(str(folder), 3), (single, 1)]), label="Stats")
 
 
-@pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
-def test_transcribe_job_writes_outputs(model_path, audio_dir, tmp_path, suffix):
-    output = str(tmp_path / f"out.{suffix}")
-    summary = run([str(audio_dir), "--model", model_path, "--output", output, "--att-context", "70,13"])
-    assert summary["files"] == 4 and summary["transcripts"] == 3 and summary["dead_letters"] == 1
-    dead_path = str(tmp_path / f"out.dead_letters.{suffix}")
-    if suffix == "parquet":
-        table = pq.read_table(output)
-        assert table.schema.equals(ASR_SCHEMA, check_metadata=False)
-        rows = table.to_pylist()
-        dead = pq.read_table(dead_path).to_pylist()
-    else:
-        rows = [json.loads(line) for line in open(output)]
-        dead = [json.loads(line) for line in open(dead_path)]
-    assert [r["key"] for r in rows] == ["a", "b", "c"] and [d["key"] for d in dead] == ["broken"]
+def test_transcribe_audio_routes_bad_files_to_dead_letters_and_buckets(model_path, audio_dir):
+    pipeline = TestPipeline(runner=FnApiRunner())
+    read = pipeline | "Read" >> ReadAudio([str(audio_dir)])
+    results = read["audio"] | "Run" >> TranscribeAudio(ASRModelHandler(model_path), max_batch_samples=64_000)
+    assert_that(results["rows"] | "Keys" >> beam.Map(row_key),
+                equal_to(["a.wav", "b.wav", "sub/c.wav"]), label="CheckRows")
+    assert_that(read[DEAD_LETTER_TAG] | "DeadKeys" >> beam.Map(key_and_stage),
+                equal_to([("broken.wav", "DecodeAudio")]), label="CheckDead")
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]
+                if c.key.metric.namespace == "Bucketing"}
+    assert counters["real_samples"] == int(16000 * (1.3 + 0.7 + 2.1))  # every clip went through the buckets
+    assert counters["padded_samples"] >= counters["real_samples"] and counters["batches"] >= 1
+
+
+def test_transcribe_job_writes_outputs(model_path, audio_dir, tmp_path):
+    output = str(tmp_path / "out")
+    summary = run(["--input", str(audio_dir), "--model", model_path, "--output", output, "--att-context", "70,13",
+                   "--no-report"])
+    assert (summary["records"], summary["transcripts"], summary["dead_letters"]) == (4, 3, 1)
+    rows = read_rows(output, "transcripts")
+    assert [r["key"] for r in rows] == ["a.wav", "b.wav", "sub/c.wav"]
+    assert [d["key"] for d in read_dead_letters(output)] == ["broken.wav"]
+    from operators.media.audio import decode_audio
+
     operator = load_nemo(model_path, (70, 13))
-    import operators.media.decode as media
-
-    expected = operator.transcribe([media.decode_audio(str(audio_dir / f"{k}.wav")) for k in "abc"])
+    expected = operator.transcribe([decode_audio(str(audio_dir / r["key"])) for r in rows])
     assert [r["text"] for r in rows] == expected
+    assert summary["audio_s"] == pytest.approx(1.3 + 0.7 + 2.1)
 
 
-def test_transcribe_rejects_bad_flags(audio_dir, tmp_path):
-    with pytest.raises(ConfigError, match="parquet or .jsonl"):
-        run([str(audio_dir), "--output", str(tmp_path / "out.csv")])
+def test_transcribe_rejects_bad_flags(model_path, audio_dir, tmp_path):
+    out = str(tmp_path / "o")
     with pytest.raises(ConfigError, match="70,13"):
-        run([str(audio_dir), "--output", str(tmp_path / "o.parquet"), "--att-context", "fast"])
+        run(["--input", str(audio_dir), "--output", out, "--att-context", "fast"])
     with pytest.raises(ConfigError, match="does not exist"):
-        run([str(audio_dir), "--output", str(tmp_path / "o.parquet"), "--model", str(tmp_path / "none.nemo")])
+        run(["--input", str(audio_dir), "--output", out, "--model", str(tmp_path / "none.nemo")])
+    with pytest.raises(ConfigError, match="--input .*matches no file"):
+        run(["--input", str(tmp_path / "missing.wav"), "--output", out, "--model", model_path])
+    bad = write_file(str(tmp_path / "bad.nemo"), b"not a nemo archive")
+    with pytest.raises(ConfigError, match="cannot be used"):
+        run(["--input", str(audio_dir), "--output", out, "--model", bad])
+    with pytest.raises(ConfigError, match="cannot be used"):  # a CTC-only model has no RNNT head
+        run(["--input", str(audio_dir), "--output", out, "--model", model_path, "--decoder", "rnnt"])
+    assert not os.path.exists(out)
 
 
 @pytest.mark.skipif(not os.path.exists(EMBEDDED_MODEL), reason="embedded model not trained yet")

@@ -5,7 +5,8 @@ import pytest
 import torch
 from continual_helpers import stepped
 
-from operators.video.x3d import co_x3d, create_x3d, load_x3d, x3d_m, x3d_s
+from operators.video.co_x3d import co_x3d
+from operators.video.x3d import create_x3d, load_x3d, x3d_m, x3d_s
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

@@ -1,43 +1,21 @@
-"""Transcription transforms: decode audio files, run the ASR operator through RunInference."""
+"""Transcription in Beam: the ASR operator behind RunInference, over length-bucketed batches."""
 
-import json
 import os
-from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-from apache_beam.ml.inference.base import ModelHandler, RunInference
+import torch
+from apache_beam.ml.inference.base import ModelHandler
 
 from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo
 from operators.asr.streaming import StreamingASR
-from operators.media.decode import decode_audio
-from schemas.asr import ASR_SCHEMA, AudioItem, TranscriptRow
+from schemas.asr import AudioItem, TranscriptRow
 from schemas.common import DeadLetter
-from transforms.errors import DEAD_LETTER_TAG, SplitDeadLetters, as_dead_letter, count, dead_letter
-from transforms.io.write_shards import dead_letter_table, parquet_bytes, write_atomic
+from transforms.bucketing import BucketedRunInference
+from transforms.errors import DEAD_LETTER_TAG, SplitDeadLetters, as_dead_letter
 
-DECODE_STAGE = "DecodeAudio"
 STAGE = "Transcribe"
-
-
-class DecodeAudioFn(beam.DoFn):
-    """Path → ``AudioItem`` (16 kHz mono float32); undecodable files become dead letters."""
-
-    def __init__(self, sample_rate: int = 16000, max_seconds: Optional[float] = None):
-        self._rate = sample_rate
-        self._max_seconds = max_seconds
-
-    def process(self, path: str) -> Iterator:
-        key = os.path.splitext(os.path.basename(path))[0]
-        try:
-            samples = decode_audio(path, sample_rate=self._rate, max_seconds=self._max_seconds)
-        except Exception as err:  # the error policy: a bad file is a dead letter, not a failed job
-            count(DECODE_STAGE, "dead_letters")
-            yield dead_letter(key, path, DECODE_STAGE, err)
-            return
-        count(DECODE_STAGE, "files")
-        yield AudioItem(key, path, samples)
 
 
 class ASRModelHandler(ModelHandler[AudioItem, Union[TranscriptRow, DeadLetter], StreamingASR]):
@@ -52,6 +30,7 @@ class ASRModelHandler(ModelHandler[AudioItem, Union[TranscriptRow, DeadLetter], 
         streaming: Transcribe through the cache-aware steps instead of the offline forward
             (same transcripts; exercises the streaming path).
         max_batch_size: Largest batch of files per ``run_inference`` call.
+        threads: Torch threads per worker process (None: leave torch's setting).
     """
 
     def __init__(
@@ -61,6 +40,7 @@ class ASRModelHandler(ModelHandler[AudioItem, Union[TranscriptRow, DeadLetter], 
         decoder: Optional[str] = None,
         streaming: bool = False,
         max_batch_size: int = 16,
+        threads: Optional[int] = None,
     ):
         super().__init__()
         self._path = model_path or EMBEDDED_MODEL
@@ -68,8 +48,11 @@ class ASRModelHandler(ModelHandler[AudioItem, Union[TranscriptRow, DeadLetter], 
         self._decoder = decoder
         self._streaming = streaming
         self._max_batch_size = max_batch_size
+        self._threads = threads
 
     def load_model(self) -> StreamingASR:
+        if self._threads:
+            torch.set_num_threads(self._threads)
         return load_nemo(self._path, self._att_context, self._decoder)
 
     def _row(self, item: AudioItem, text: str, tokens: Sequence[int], model: StreamingASR) -> TranscriptRow:
@@ -96,86 +79,56 @@ class ASRModelHandler(ModelHandler[AudioItem, Union[TranscriptRow, DeadLetter], 
     ) -> Iterable[Union[TranscriptRow, DeadLetter]]:
         try:
             return self._transcribe(batch, model)
-        except Exception:  # isolate the failing record(s): retry one by one
+        except Exception:  # noqa: BLE001 - isolate the failing record(s): retry one by one
             results = []
             for item in batch:
                 try:
                     results.extend(self._transcribe([item], model))
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001 - the error policy: one bad clip is a dead letter
                     results.append(as_dead_letter(item.key, item.source, STAGE, err))
             return results
 
     def batch_elements_kwargs(self) -> Dict[str, Any]:
         return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
 
+    def get_num_bytes(self, batch: Sequence[AudioItem]) -> int:
+        """Payload bytes of a batch, summed from the arrays (Beam's default pickles the batch)."""
+        return sum(int(np.asarray(item.samples).nbytes) for item in batch)
+
     def get_metrics_namespace(self) -> str:
         return STAGE
 
 
-class TranscribeFiles(beam.PTransform):
-    """Audio file paths → ``{"rows": TranscriptRow, DEAD_LETTER_TAG: DeadLetter}``."""
+def audio_length(item: AudioItem) -> int:
+    """Length of a clip in samples (the bucketing length)."""
+    return len(item.samples)
 
-    def __init__(self, handler: ASRModelHandler):
+
+class TranscribeAudio(beam.PTransform):
+    """``AudioItem`` → ``{"rows": TranscriptRow, DEAD_LETTER_TAG: DeadLetter}``.
+
+    Clips are batched by length (``transforms.bucketing``), so a model call pads little.
+
+    Args:
+        handler: The ASR handler (its ``max_batch_size`` caps clips per call).
+        max_batch_samples: Cap on a batch's padded size (clips × longest clip, in samples).
+        max_padding: Cap on a batch's padding fraction.
+    """
+
+    def __init__(self, handler: ASRModelHandler, max_batch_samples: int, max_padding: float = 0.2):
         super().__init__()
         self._handler = handler
+        self._max_batch_samples = max_batch_samples
+        self._max_padding = max_padding
 
-    def expand(self, paths):
-        decoded = paths | "DecodeAudio" >> beam.ParDo(DecodeAudioFn()).with_outputs(DEAD_LETTER_TAG, main="audio")
+    def expand(self, audio):
         split = (
-            decoded.audio
-            | "RunASR" >> RunInference(self._handler)
-            | "SplitTranscripts" >> beam.ParDo(SplitDeadLetters(STAGE, "transcripts")).with_outputs(DEAD_LETTER_TAG, main="rows")
-        )
-        dead = (decoded[DEAD_LETTER_TAG], split[DEAD_LETTER_TAG]) | "FlattenDeadLetters" >> beam.Flatten()
-        return {"rows": split.rows, DEAD_LETTER_TAG: dead}
-
-
-def transcript_table(rows: Sequence[TranscriptRow]) -> pa.Table:
-    """Builds an ``ASR_SCHEMA`` table (rows sorted by key for reproducible files)."""
-    rows = sorted(rows, key=lambda r: (r.key, r.source))
-    return pa.table({name: [getattr(r, name) for r in rows] for name in ASR_SCHEMA.names}, schema=ASR_SCHEMA)
-
-
-def _jsonl(records: Sequence[Dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8")
-
-
-class WriteTableFn(beam.DoFn):
-    """Writes all rows of one kind to one file, atomically (Parquet or JSON lines by suffix)."""
-
-    def __init__(self, path: str, dead_letters: bool):
-        self._path = path
-        self._dead = dead_letters
-
-    def process(self, rows: Sequence[Any]) -> Iterator[str]:
-        table = dead_letter_table(rows) if self._dead else transcript_table(rows)
-        if self._path.endswith(".jsonl"):
-            data = _jsonl(table.to_pylist())
-        else:
-            data = parquet_bytes(table)
-        write_atomic(self._path, data)
-        yield self._path
-
-
-def dead_letter_path(output: str) -> str:
-    """``out.parquet`` → ``out.dead_letters.parquet`` (same format as the output)."""
-    stem, ext = os.path.splitext(output)
-    return f"{stem}.dead_letters{ext}"
-
-
-class WriteTranscripts(beam.PTransform):
-    """Writes transcripts to ``output`` and dead letters next to it; yields the written paths."""
-
-    def __init__(self, output: str):
-        super().__init__()
-        self._output = output
-
-    def expand(self, results):
-        written = []
-        for tag, path, dead in (("rows", self._output, False), (DEAD_LETTER_TAG, dead_letter_path(self._output), True)):
-            written.append(
-                results[tag]
-                | f"Collect{'DeadLetters' if dead else 'Transcripts'}" >> beam.combiners.ToList()
-                | f"Write{'DeadLetters' if dead else 'Transcripts'}" >> beam.ParDo(WriteTableFn(path, dead))
+            audio
+            | "RunASR" >> BucketedRunInference(
+                self._handler, audio_length, self._max_batch_samples, max_padding=self._max_padding
             )
-        return written | "FlattenWritten" >> beam.Flatten()
+            | "SplitTranscripts" >> beam.ParDo(SplitDeadLetters(STAGE, "transcripts")).with_outputs(
+                DEAD_LETTER_TAG, main="rows"
+            )
+        )
+        return {"rows": split.rows, DEAD_LETTER_TAG: split[DEAD_LETTER_TAG]}

@@ -24,9 +24,10 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 import apache_beam as beam
 import numpy as np
 
-from operators.kernels import kmeans
-from operators.kernels.nearest import PackedCodebook, nearest
 from operators.tokenizers import codebooks as cb
+
+
+NO_ROWS = "FitCodebook got no feature rows: nothing to fit"
 
 
 class _SmallestHashRows(beam.DoFn):
@@ -76,12 +77,12 @@ class _Init(beam.DoFn):
 
     def process(self, picked: List[Tuple[int, bytes]]) -> Iterator[Dict[str, Any]]:
         if not picked:
-            raise ValueError("FitCodebook got no feature rows: nothing to fit")
+            raise ValueError(NO_ROWS)
         sample = np.stack([np.frombuffer(b, np.float32) for _, b in sorted(picked)])
         yield {
             "sample": sample,
             "centroids": cb.kmeans_plus_plus(sample, self._k, self._seed),
-            "scale": kmeans.fixed_point_scale(sample),
+            "scale": cb.fixed_point_scale(sample),
             "reseeded": 0,
         }
 
@@ -108,10 +109,10 @@ class _StatsFn(beam.CombineFn):
         k, dim = state["centroids"].shape
         return cb.empty_stats(k, dim) if acc is None else acc
 
-    def _packed(self, state) -> PackedCodebook:
+    def _packed(self, state) -> cb.PackedCodebook:
         key = id(state["centroids"])
         if getattr(self, "_packed_key", None) != key:
-            self._packed_value = PackedCodebook(state["centroids"])
+            self._packed_value = cb.PackedCodebook(state["centroids"])
             self._packed_key = key
         return self._packed_value
 
@@ -218,8 +219,8 @@ class _MeansFn(beam.CombineFn):
     def add_input(self, acc, pair: Tuple[np.ndarray, np.ndarray], fitted: cb.Fitted):
         feats, payload = pair
         k = fitted.codebook.shape[0]
-        idx, _ = nearest(feats, fitted.codebook)
-        sums, counts = kmeans.update_sums(payload, idx, k, self._scale)
+        idx, _ = cb.nearest_centroid(feats, fitted.codebook)
+        sums, counts = cb.update_sums(payload, idx, k, self._scale)
         return (sums, counts) if acc is None else (acc[0] + sums, acc[1] + counts)
 
     def merge_accumulators(self, accs, fitted=None):

@@ -27,7 +27,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.common import DeadLetter
-from transforms.io.write_shards import write_atomic
+from transforms.io.layout import write_atomic
 
 NAMESPACE = "Progress"
 DEAD_LETTER_NAMESPACE = "DeadLetters"

@@ -12,6 +12,7 @@ from operators.tokenizers.registry import build_tokenizer
 from schemas.common import DeadLetter, MediaSample
 from schemas.corpus import CorpusRow
 from transforms.errors import DEAD_LETTER_TAG, SplitDeadLetters, as_dead_letter, count, dead_letter
+from transforms.progress import member_bytes
 
 STAGE = "Tokenize"
 ROUTE_STAGE = "RouteByModality"
@@ -90,6 +91,10 @@ class TokenizerModelHandler(ModelHandler[MediaSample, Union[CorpusRow, DeadLette
         # A fixed size: Beam's adaptive sizing (min < max) fits a regression after every
         # batch and keeps codec batches at 2-3 items, costing more than the batches save.
         return {"min_batch_size": self._max_batch_size, "max_batch_size": self._max_batch_size}
+
+    def get_num_bytes(self, batch: Sequence[MediaSample]) -> int:
+        # Beam's default pickles every batch of raw media once more just for this metric.
+        return sum(member_bytes(sample) for sample in batch)
 
     def get_metrics_namespace(self) -> str:
         return f"Tokenize-{self._name}"

@@ -7,32 +7,34 @@ config as ``nemo:<hash>_tokenizer.model`` (NeMo's ``SaveRestoreConnector``). Sup
 (``EncDecHybridRNNTCTC[BPE]Model``) whose encoder is a causal ``dw_striding`` ×8 ``rel_pos``
 FastConformer with causal convolutions, with a SentencePiece (``bpe``) tokenizer or char labels.
 
-Safety: members are read into memory, never extracted; absolute names, ``..`` components, links
-and special files are rejected; weights load with ``torch.load(weights_only=True)``. Anything
-unsupported fails with a ``NemoCheckpointError`` naming the config field.
+Safety (checkpoints are untrusted): members are read into memory, never extracted, within the
+``member_bytes`` budget; absolute names, ``..`` components, links and special files are rejected;
+the config is read with ``yaml.safe_load`` (no Python tags) and weights load with
+``torch.load(weights_only=True)`` (no pickled code). The model is first built on PyTorch's
+``meta`` device (no memory) and its parameter shapes compared with the weights, so a config that
+declares a huge model costs nothing. Every failure, whatever its cause, is a
+``NemoCheckpointError`` whose message says what is wrong (naming the config field where there is
+one), so callers can validate a model before a pipeline starts with one ``except``.
 """
 
 import hashlib
 import io
-import os
+import lzma
 import posixpath
 import tarfile
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import zlib
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import yaml
 
-from operators.asr.frontend import MelConfig
-from operators.asr.streaming import (
-    CharVocabulary,
-    EncoderConfig,
-    FastConformerASR,
-    ModelConfig,
-    RNNTConfig,
-    SentencePieceVocabulary,
-    StreamingASR,
-)
+from operators.asr.config import ModelConfig
+from operators.asr.model import FastConformerASR
+from operators.asr.nemo_config import NemoCheckpointError, model_config, require
+from operators.asr.streaming import StreamingASR
+from operators.asr.vocabulary import CharVocabulary, SentencePieceVocabulary
 from operators.asset_paths import asset_path
+from schemas.budgets import DEFAULT_BUDGETS, BudgetExceeded
 
 __all__ = [
     "EMBEDDED_MODEL", "NemoCheckpointError", "read_nemo_archive", "load_nemo", "save_nemo", "model_config_to_nemo",
@@ -43,24 +45,31 @@ EMBEDDED_MODEL = asset_path("asr_default.nemo")
 
 CONFIG_NAME = "model_config.yaml"
 WEIGHTS_NAME = "model_weights.ckpt"
-MAX_MEMBER_BYTES = 2 << 30
+MAX_MEMBERS = 1024
 
 
-class NemoCheckpointError(ValueError):
-    """A ``.nemo`` archive that is unsafe, malformed or uses an unsupported configuration."""
-
-
-def read_nemo_archive(path: str) -> Dict[str, bytes]:
+def read_nemo_archive(path: str, member_bytes: int = DEFAULT_BUDGETS.member_bytes) -> Dict[str, bytes]:
     """Returns ``{member name: bytes}`` of a ``.nemo`` tar, refusing unsafe members.
 
     Names are normalised (``./model_config.yaml`` → ``model_config.yaml``).
+
+    Args:
+        path: The archive.
+        member_bytes: Budget: most bytes read from the archive, all members together.
+
+    Raises:
+        NemoCheckpointError: Unreadable, truncated or unsafe archive, or one over the budget.
     """
-    members: Dict[str, bytes] = {}
     try:
-        archive = tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError) as error:
+        return _read_members(path, member_bytes)
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as error:
         raise NemoCheckpointError(f"{path}: not a readable .nemo tar archive ({error})") from error
-    with archive:
+
+
+def _read_members(path: str, member_bytes: int) -> Dict[str, bytes]:
+    members: Dict[str, bytes] = {}
+    total = 0
+    with tarfile.open(path, "r:*") as archive:
         for member in archive:
             name = member.name
             normalised = posixpath.normpath(name)
@@ -72,111 +81,36 @@ def read_nemo_archive(path: str) -> Dict[str, bytes]:
                 raise NemoCheckpointError(
                     f"{path}: member {name!r} is a link or special file; .nemo archives hold plain files only"
                 )
-            if member.size > MAX_MEMBER_BYTES:
-                raise NemoCheckpointError(f"{path}: member {name!r} is larger than {MAX_MEMBER_BYTES} bytes")
+            total += member.size
+            if total > member_bytes:
+                exceeded = BudgetExceeded("member_bytes", member_bytes, f"the archive holds more than {total} bytes")
+                raise NemoCheckpointError(f"{path}: {exceeded}")
+            if len(members) >= MAX_MEMBERS:
+                raise NemoCheckpointError(f"{path}: more than {MAX_MEMBERS} members; not a .nemo archive")
             handle = archive.extractfile(member)
-            members[normalised] = handle.read() if handle is not None else b""
+            data = handle.read() if handle is not None else b""
+            if len(data) != member.size:
+                raise NemoCheckpointError(f"{path}: member {name!r} is truncated")
+            members[normalised] = data
     for required in (CONFIG_NAME, WEIGHTS_NAME):
         if required not in members:
             raise NemoCheckpointError(f"{path}: archive has no {required} (members: {sorted(members)})")
     return members
 
 
-def _require(condition: bool, field: str, value: Any, supported: str) -> None:
-    if not condition:
-        raise NemoCheckpointError(f"unsupported configuration: {field} = {value!r} (supported: {supported})")
-
-
-def _context_sizes(value: Any) -> Tuple[Tuple[int, int], ...]:
-    if not value:
-        return ((-1, -1),)
-    if isinstance(value[0], int):
-        value = [value]
-    return tuple((int(pair[0]), int(pair[1])) for pair in value)
-
-
-def _encoder_config(cfg: Dict[str, Any]) -> EncoderConfig:
-    enc = cfg.get("encoder") or {}
-    _require(str(enc.get("_target_", "ConformerEncoder")).endswith("ConformerEncoder"), "encoder._target_",
-             enc.get("_target_"), "ConformerEncoder")
-    _require(enc.get("subsampling", "striding") == "dw_striding", "encoder.subsampling", enc.get("subsampling"),
-             "dw_striding")
-    _require(int(enc.get("subsampling_factor", 4)) == 8, "encoder.subsampling_factor",
-             enc.get("subsampling_factor"), "8")
-    _require(bool(enc.get("causal_downsampling", False)), "encoder.causal_downsampling",
-             enc.get("causal_downsampling"), "true")
-    _require(enc.get("self_attention_model", "rel_pos") == "rel_pos", "encoder.self_attention_model",
-             enc.get("self_attention_model"), "rel_pos")
-    _require(bool(enc.get("untie_biases", True)), "encoder.untie_biases", enc.get("untie_biases"), "true")
-    _require(int(enc.get("feat_out", -1)) in (-1, int(enc["d_model"])), "encoder.feat_out", enc.get("feat_out"),
-             "-1")
-    _require(not enc.get("reduction"), "encoder.reduction", enc.get("reduction"), "null")
-    _require(int(enc.get("global_tokens", 0)) == 0, "encoder.global_tokens", enc.get("global_tokens"), "0")
-    _require(bool(enc.get("use_bias", True)), "encoder.use_bias", enc.get("use_bias"), "true")
-    kernel = int(enc.get("conv_kernel_size", 31))
-    conv_context = enc.get("conv_context_size")
-    _require(conv_context == "causal" or (isinstance(conv_context, (list, tuple)) and list(conv_context) ==
-             [kernel - 1, 0]), "encoder.conv_context_size", conv_context, "causal")
-    norm = enc.get("conv_norm_type", "batch_norm")
-    _require(norm in ("layer_norm", "batch_norm"), "encoder.conv_norm_type", norm, "layer_norm, batch_norm")
-    style = enc.get("att_context_style", "regular")
-    _require(style in ("chunked_limited", "regular"), "encoder.att_context_style", style,
-             "chunked_limited, regular")
-    channels = int(enc.get("subsampling_conv_channels", -1))
-    return EncoderConfig(
-        feat_in=int(enc["feat_in"]),
-        n_layers=int(enc["n_layers"]),
-        d_model=int(enc["d_model"]),
-        n_heads=int(enc.get("n_heads", 4)),
-        ff_expansion_factor=int(enc.get("ff_expansion_factor", 4)),
-        conv_kernel_size=kernel,
-        conv_norm_type=norm,
-        subsampling_conv_channels=channels if channels > 0 else int(enc["d_model"]),
-        att_context_size=_context_sizes(enc.get("att_context_size")),
-        att_context_style=style,
-        xscaling=bool(enc.get("xscaling", True)),
-    )
-
-
-def _mel_config(cfg: Dict[str, Any]) -> MelConfig:
-    pre = cfg.get("preprocessor") or {}
-    rate = int(pre.get("sample_rate", cfg.get("sample_rate", 16000)))
-    _require(pre.get("normalize", "per_feature") in ("NA", None, "none", False), "preprocessor.normalize",
-             pre.get("normalize"), "NA (streaming models use no per-utterance normalisation)")
-    _require(pre.get("window", "hann") == "hann", "preprocessor.window", pre.get("window"), "hann")
-    _require(int(pre.get("frame_splicing", 1)) == 1, "preprocessor.frame_splicing", pre.get("frame_splicing"), "1")
-    _require(bool(pre.get("log", True)), "preprocessor.log", pre.get("log"), "true")
-    _require(pre.get("log_zero_guard_type", "add") == "add", "preprocessor.log_zero_guard_type",
-             pre.get("log_zero_guard_type"), "add")
-    _require(float(pre.get("mag_power", 2.0)) == 2.0, "preprocessor.mag_power", pre.get("mag_power"), "2.0")
-    _require(pre.get("mel_norm", "slaney") == "slaney", "preprocessor.mel_norm", pre.get("mel_norm"), "slaney")
-    _require(not pre.get("exact_pad", False), "preprocessor.exact_pad", pre.get("exact_pad"), "false")
-    guard = pre.get("log_zero_guard_value", 2.0**-24)
-    _require(isinstance(guard, (int, float)), "preprocessor.log_zero_guard_value", guard, "a number")
-    win = int(round(float(pre.get("window_size", 0.02)) * rate))
-    return MelConfig(
-        sample_rate=rate,
-        n_mels=int(pre.get("features", 64)),
-        win_length=win,
-        hop_length=int(round(float(pre.get("window_stride", 0.01)) * rate)),
-        n_fft=int(pre.get("n_fft") or 2 ** (win - 1).bit_length()),
-        preemph=float(pre.get("preemph", 0.97) or 0.0),
-        log_zero_guard=float(guard),
-        lowfreq=float(pre.get("lowfreq", 0.0) or 0.0),
-        highfreq=float(pre.get("highfreq", 0.0) or 0.0),
-    )
-
-
 def _vocabulary(cfg: Dict[str, Any], members: Dict[str, bytes]):
     tokenizer = cfg.get("tokenizer")
     if tokenizer:
-        _require(tokenizer.get("type") == "bpe", "tokenizer.type", tokenizer.get("type"), "bpe (SentencePiece)")
+        require(tokenizer.get("type") == "bpe", "tokenizer.type", tokenizer.get("type"), "bpe (SentencePiece)")
         model_path = str(tokenizer.get("model_path", ""))
         base = posixpath.basename(model_path.split("nemo:", 1)[-1])
         matches = [name for name in members if posixpath.basename(name) == base]
         if not matches:
             raise NemoCheckpointError(f"tokenizer.model_path {model_path!r} is not in the archive")
-        return SentencePieceVocabulary(members[matches[0]])
+        try:
+            return SentencePieceVocabulary(members[matches[0]])
+        except (RuntimeError, OSError, ValueError, TypeError) as error:
+            raise NemoCheckpointError(f"tokenizer {matches[0]!r} is not a SentencePiece model ({error})") from error
     labels = cfg.get("labels") or (cfg.get("decoder") or {}).get("vocabulary")
     if not labels:
         raise NemoCheckpointError("config has neither tokenizer nor labels / decoder.vocabulary")
@@ -190,70 +124,71 @@ def _state_dict(members: Dict[str, bytes]) -> Dict[str, torch.Tensor]:
         raise NemoCheckpointError(f"{WEIGHTS_NAME} is not a plain tensor state dict ({error})") from error
     if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
         loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()
+    ):
+        raise NemoCheckpointError(f"{WEIGHTS_NAME} is not a state dict of named tensors")
     return {key: value for key, value in loaded.items() if not key.startswith("preprocessor.")}
 
 
-def _model_config(cfg: Dict[str, Any], state: Dict[str, torch.Tensor], vocab_size: int) -> ModelConfig:
-    encoder = _encoder_config(cfg)
-    mel = _mel_config(cfg)
-    _require(mel.n_mels == encoder.feat_in, "preprocessor.features", mel.n_mels, f"encoder.feat_in = {encoder.feat_in}")
-    rnnt = None
-    decoder_cfg = cfg.get("decoder") or {}
-    if "RNNTDecoder" in str(decoder_cfg.get("_target_", "")):
-        prednet = decoder_cfg.get("prednet") or {}
-        joint = (cfg.get("joint") or {}).get("jointnet") or {}
-        _require(decoder_cfg.get("blank_as_pad", True), "decoder.blank_as_pad", decoder_cfg.get("blank_as_pad"),
-                 "true")
-        _require(not decoder_cfg.get("normalization_mode"), "decoder.normalization_mode",
-                 decoder_cfg.get("normalization_mode"), "null")
-        _require(int(prednet.get("proj_size", 0) or 0) == 0, "decoder.prednet.proj_size", prednet.get("proj_size"),
-                 "0")
-        _require("aux_ctc" in cfg, "aux_ctc", None, "hybrid RNNT/CTC models (pure RNNT models are not supported)")
-        greedy = ((cfg.get("decoding") or {}).get("greedy") or {})
-        rnnt = RNNTConfig(
-            pred_hidden=int(prednet["pred_hidden"]),
-            pred_rnn_layers=int(prednet.get("pred_rnn_layers", 1)),
-            joint_hidden=int(joint["joint_hidden"]),
-            joint_activation=str(joint.get("activation", "relu")).lower(),
-            joint_dropout="joint.joint_net.2.weight" in state,
-            max_symbols=int(greedy.get("max_symbols", 10) or 10),
-        )
-        _require(rnnt.joint_activation in ("relu", "tanh", "sigmoid"), "joint.jointnet.activation",
-                 rnnt.joint_activation, "relu, tanh, sigmoid")
-    else:
-        _require("ConvASRDecoder" in str(decoder_cfg.get("_target_", "ConvASRDecoder")), "decoder._target_",
-                 decoder_cfg.get("_target_"), "ConvASRDecoder, RNNTDecoder")
-    return ModelConfig(encoder=encoder, vocab_size=vocab_size, rnnt=rnnt, mel=mel)
-
-
-def load_nemo(path: str, att_context: Optional[Sequence[int]] = None, decoder: Optional[str] = None) -> StreamingASR:
+def load_nemo(path: str, att_context: Optional[Sequence[int]] = None, decoder: Optional[str] = None,
+              member_bytes: int = DEFAULT_BUDGETS.member_bytes) -> StreamingASR:
     """Loads a ``.nemo`` archive into a :class:`StreamingASR` operator (float32, eval mode).
 
+    Cheap enough to validate a model before a pipeline starts: a bad archive fails after reading
+    it, before any model-sized allocation.
+
+    Args:
+        path: The ``.nemo`` file.
+        att_context: Attention context ``[left, right]`` (default: the model's first).
+        decoder: ``"ctc"`` or ``"rnnt"`` (default: the model's own).
+        member_bytes: Budget: most bytes read from the archive.
+
     Raises:
-        NemoCheckpointError: unsafe archive, unsupported configuration (the message names the
-            field) or weights that do not match the configuration.
+        NemoCheckpointError: For every failure: unreadable or unsafe archive, YAML that is not
+            safe, unsupported or malformed configuration (the message names the field), weights
+            that are not a plain state dict or do not match the configuration. The message
+            starts with ``path``.
     """
-    members = read_nemo_archive(path)
-    cfg = yaml.safe_load(members[CONFIG_NAME].decode("utf-8"))
+    members = read_nemo_archive(path, member_bytes)
+    try:
+        return _load(members, att_context, decoder)
+    except NemoCheckpointError as error:
+        raise NemoCheckpointError(f"{path}: {error}") from error
+    except KeyError as error:
+        raise NemoCheckpointError(f"{path}: {CONFIG_NAME} lacks the required field {error}") from error
+    except Exception as error:  # a hostile archive can fail anywhere; callers get one error type
+        raise NemoCheckpointError(f"{path}: malformed checkpoint ({type(error).__name__}: {error})") from error
+
+
+def _load(members: Dict[str, bytes], att_context: Optional[Sequence[int]], decoder: Optional[str]) -> StreamingASR:
+    try:
+        cfg = yaml.safe_load(members[CONFIG_NAME].decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
+        raise NemoCheckpointError(
+            f"{CONFIG_NAME} is not plain UTF-8 YAML (Python tags are refused): {error}"
+        ) from error
     if not isinstance(cfg, dict):
         raise NemoCheckpointError(f"{CONFIG_NAME} is not a mapping")
     vocabulary = _vocabulary(cfg, members)
     state = _state_dict(members)
-    config = _model_config(cfg, state, vocabulary.size)
-    model = FastConformerASR(config)
-    expected = set(model.state_dict())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
+    config = model_config(cfg, state, vocabulary.size)
+    for field, layers in (("encoder.n_layers", config.encoder.n_layers),
+                          ("decoder.prednet.pred_rnn_layers", config.rnnt.pred_rnn_layers if config.rnnt else 1)):
+        require(0 < layers <= len(state), field, layers, f"1..{len(state)} (the weights hold {len(state)} tensors)")
+    with torch.device("meta"):
+        shapes = {key: tuple(value.shape) for key, value in FastConformerASR(config).state_dict().items()}
+    missing = sorted(set(shapes) - set(state))
+    unexpected = sorted(set(state) - set(shapes))
     if missing or unexpected:
         raise NemoCheckpointError(
             f"weights do not match the config: missing {missing[:8]}{'…' if len(missing) > 8 else ''}, "
             f"unexpected {unexpected[:8]}{'…' if len(unexpected) > 8 else ''}"
         )
-    for key, value in model.state_dict().items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise NemoCheckpointError(
-                f"weight {key} has shape {tuple(state[key].shape)}, config implies {tuple(value.shape)}"
-            )
+    for key, shape in shapes.items():
+        if tuple(state[key].shape) != shape:
+            raise NemoCheckpointError(f"weight {key} has shape {tuple(state[key].shape)}, config implies {shape}")
+    model = FastConformerASR(config)
     model.load_state_dict({key: value.to(model.state_dict()[key].dtype) for key, value in state.items()})
     return StreamingASR(model, vocabulary, att_context, decoder)
 

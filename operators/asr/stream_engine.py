@@ -11,9 +11,10 @@ pieces of any size. Per stream, the state is a dict of numpy arrays holding
 
 Its size is fixed by the model and the largest piece, never by the stream's length. Mel frames
 are computed as soon as their window is complete, chunks are stepped as soon as they are full,
-and the end of the stream flushes the last (shorter) chunk, so the concatenated deltas equal
-``StreamingASR.transcribe`` of the whole audio. ``step_batch`` advances many streams with one
-batched operator step: this is what makes throughput grow with concurrency.
+and the end of the stream (``finalize``) flushes the last (shorter) chunk, so the concatenated
+deltas equal ``StreamingASR.transcribe`` of the whole audio. ``step`` advances many streams
+with batched operator steps: this is what makes throughput grow with concurrency. It implements
+the :class:`operators.streaming.engine.StreamEngine` contract.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -22,7 +23,9 @@ import numpy as np
 import torch
 
 from operators.asr.frontend import mel_filterbank
-from operators.asr.streaming import STATE_BATCH_AXES, StreamingASR, state_from_numpy, state_to_numpy
+from operators.asr.state import STATE_BATCH_AXES, state_from_numpy, state_to_numpy
+from operators.asr.streaming import StreamingASR
+from operators.streaming.engine import StreamEngine
 from operators.tokenizers.base import MediaError
 
 __all__ = ["LiveASR", "AsrDelta", "SampleFormatError"]
@@ -37,7 +40,7 @@ class SampleFormatError(MediaError):
 AsrDelta = Dict[str, object]  # what one step adds to a transcript: text, tokens, audio_end_s
 
 
-class LiveASR:
+class LiveASR(StreamEngine):
     """Per-stream live front end + chunker around a ``StreamingASR`` operator.
 
     Args:
@@ -89,11 +92,12 @@ class LiveASR:
         """
         if int(kind) == 0 and not payload:
             return np.zeros(0, np.float32)
+        if int(kind) not in (1, 2):
+            raise SampleFormatError(f"payload kind {kind} is not PCM audio (1 = s16le, 2 = f32le): this is a speech "
+                                    "model; send audio (`mediabeam send FILE --media audio` sends a video's sound)")
         if sample_rate != self.sample_rate:
             raise SampleFormatError(f"sample rate {sample_rate} Hz; this model takes {self.sample_rate} Hz mono")
-        width = {1: 2, 2: 4}.get(int(kind))
-        if width is None:
-            raise SampleFormatError(f"payload kind {kind} is not PCM (1 = s16le, 2 = f32le)")
+        width = 2 if int(kind) == 1 else 4
         if len(payload) % width:
             raise SampleFormatError(f"{len(payload)} payload bytes is not a whole number of {width}-byte samples")
         if width == 2:
@@ -103,7 +107,28 @@ class LiveASR:
             raise SampleFormatError("float samples contain NaN or infinity")
         return samples
 
-    def push(self, state: State, samples: np.ndarray, final: bool) -> State:
+    def step(self, inputs: Sequence[np.ndarray], states: Sequence[State]) -> Tuple[List[List[AsrDelta]], List[State]]:
+        """Adds each stream's samples and steps every chunk they complete, ready streams batched."""
+        pushed = [self._push(state, samples, False) for samples, state in zip(inputs, states)]
+        return self._drain(pushed)
+
+    def finalize(self, state: State) -> List[AsrDelta]:
+        """Ends a stream: computes its last mel frames and steps its last (shorter) chunks."""
+        outputs, _ = self._drain([self._push(state, np.zeros(0, np.float32), True)])
+        return outputs[0]
+
+    def _drain(self, states: List[State]) -> Tuple[List[List[AsrDelta]], List[State]]:
+        outputs: List[List[AsrDelta]] = [[] for _ in states]
+        while True:
+            ready = [i for i, state in enumerate(states) if self._ready(state)]
+            if not ready:
+                return outputs, states
+            for i, (delta, state) in zip(ready, self._step_batch([states[i] for i in ready])):
+                states[i] = state
+                if delta is not None:
+                    outputs[i].append(delta)
+
+    def _push(self, state: State, samples: np.ndarray, final: bool) -> State:
         """Adds samples (and the end of the stream) to a stream; computes the mel frames now complete."""
         if bool(state["final"]):
             raise ValueError("stream already ended")
@@ -153,33 +178,17 @@ class LiveASR:
     def _width(self, state: State) -> int:
         return self.first_frames if int(state["steps"]) == 0 else self.later_frames
 
-    def ready(self, state: State) -> bool:
+    def _ready(self, state: State) -> bool:
         """Whether the stream has a chunk to step now (a full one, or its last one)."""
         if bool(state["done"]):
             return False
         return state["mel"].shape[1] >= self._width(state) or bool(state["final"])
 
-    def finished(self, state: State) -> bool:
-        """The stream ended and its last chunk was stepped."""
-        return bool(state["done"])
-
-    def ended(self, state: State) -> bool:
-        """The end of the stream was pushed (its last steps may still be due)."""
-        return bool(state["final"])
-
-    def position(self, state: State) -> int:
-        """Input units (mel frames) made available so far."""
-        return int(state["frames"])
-
-    def consumed(self, state: State) -> int:
-        """Input units (mel frames) stepped so far."""
-        return int(state["frames"]) - state["mel"].shape[1]
-
-    def step_batch(self, states: Sequence[State]) -> List[Tuple[Optional[AsrDelta], State]]:
-        """One batched operator step for streams that are all ``ready``.
+    def _step_batch(self, states: Sequence[State]) -> List[Tuple[Optional[AsrDelta], State]]:
+        """One batched operator step for streams that are all ``_ready``.
 
         Returns per stream ``(delta, state)``; ``delta`` is ``None`` when the stream ended
-        with nothing left to step (its state is then ``finished``).
+        with nothing left to step (its state is then done).
         """
         results: List[Tuple[Optional[AsrDelta], State]] = [(None, s) for s in states]
         rows, chunks, lengths = [], [], []
@@ -254,7 +263,9 @@ def random_live_asr(
     att_context: Sequence[int] = (70, 13), seed: int = 0, labels: str = "abcdefghijk ",
 ) -> LiveASR:
     """A ``LiveASR`` over a random-weight CTC model (tests; the large config for benchmarks)."""
-    from operators.asr.streaming import CharVocabulary, EncoderConfig, ModelConfig, random_model
+    from operators.asr.config import EncoderConfig, ModelConfig
+    from operators.asr.model import random_model
+    from operators.asr.vocabulary import CharVocabulary
 
     encoder = EncoderConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads,
                             subsampling_conv_channels=subsampling_channels)

@@ -11,7 +11,10 @@ Layout (little endian)::
 
 The total length catches truncation, the CRC-32 catches damage, and every field is range
 checked before use, so a bad stream raises ``BitstreamError`` with a reason instead of
-decoding to wrong values. The sections are opaque here (the feature codec defines them).
+decoding to wrong values. The CRC is no defence against a crafted stream (anyone can recompute
+it): decoders check what the header asks for against their budgets before allocating, and a
+stream over budget raises :class:`StreamBudgetExceeded`. The sections are opaque here (the
+feature codec defines them).
 """
 
 import struct
@@ -19,6 +22,8 @@ import zlib
 from typing import List, NamedTuple, Sequence, Tuple
 
 import numpy as np
+
+from schemas.budgets import BudgetExceeded
 
 MAGIC = b"MBFC"
 VERSION = 1
@@ -34,6 +39,10 @@ MAX_SECTIONS = 16
 
 class BitstreamError(ValueError):
     """A stream that is not ours, from an unsupported version, truncated or damaged."""
+
+
+class StreamBudgetExceeded(BitstreamError, BudgetExceeded):
+    """A well-formed header asks a decoder for more than its budget (``decoded_bytes``)."""
 
 
 class StreamHeader(NamedTuple):

@@ -2,9 +2,9 @@
 
 Two ways to run:
 
-* **Shared tables** (``CodecTables``): quantiser parameters and per-channel priors calibrated
-  once on a sample of the data (``fit_tables`` here, or the Beam combine in
-  ``transforms/compress.py``) for every rate the job may use (``u2``…``u8``, ``vq256``…). The
+* **Shared tables** (``CodecTables``, ``operators/compression/tables.py``): quantiser parameters
+  and per-channel priors calibrated once on a sample of the data (``fit_tables``, or the Beam
+  combine in ``transforms/compression``) for every rate the job may use (``u2``…``u8``, ``vq256``…). The
   stream only names the tables by their 8-byte id, so the rate can change per record with no
   reloading, and the decoder refuses tables that are not bit-identical to the encoder's.
 * **Inline** (no tables for the requested bit depth): the record calibrates its own uniform
@@ -12,240 +12,42 @@ Two ways to run:
   2 bytes per symbol of the alphabet): self-contained, at some cost in rate.
 
 ``decode(encode(x, r))`` equals the quantiser's own dequantised values exactly (same dtype,
-same bits, escaped outliers verbatim); damaged or truncated streams raise ``BitstreamError``.
+same bits, escaped outliers verbatim); damaged, truncated or crafted streams raise
+``BitstreamError`` (never another error type), and a stream whose header asks for more than the
+``decoded_bytes`` budget is refused from the header, before any allocation.
 Small tensors use fewer interleaved states (one per ~1024 symbols, at most ``n_states``) since
 every state costs 8 bytes to flush.
 """
 
-import hashlib
 import math
-import struct
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, Optional
 
 import numpy as np
 
-from operators.compression.bitstream import BitstreamError, StreamHeader, pack, unpack
-from operators.compression.priors import DEFAULT_PRECISION, EntropyPrior, count_symbols
+from operators.compression.bitstream import BitstreamError, StreamBudgetExceeded, StreamHeader, pack, unpack
+from operators.compression.priors import EntropyPrior, count_symbols
 from operators.compression.quantize import (
     FLOAT_DTYPES,
     Codebook,
-    FeatureStats,
     UniformParams,
     calibrate_uniform,
     channel_layout,
-    channel_vectors,
     check_bits,
     dequantize_codebook,
     dequantize_uniform,
     feature_stats,
-    fit_codebook,
-    merge_stats,
     quantize_codebook,
     quantize_uniform,
 )
+from operators.compression.tables import CodecTables, RateTables, coded_axis, rate_key
 from operators.kernels.rans import RansError, check_states, rans_decode, rans_encode
+from schemas.budgets import DEFAULT_BUDGETS
 
-Quantizer = Union[UniformParams, Codebook]
 INLINE_PRECISION = 16
-_TABLE = struct.Struct("<bII")
-_BANK_MAGIC = b"MBCT"
 
 
 class UnknownTablesError(BitstreamError):
     """The stream names shared tables this codec was not given."""
-
-
-def rate_key(bits: Optional[int] = None, codebook_size: Optional[int] = None) -> str:
-    """Name of a rate: ``"u4"`` for 4-bit uniform, ``"vq256"`` for a 256-code codebook."""
-    if (bits is None) == (codebook_size is None):
-        raise ValueError("give exactly one of bits or codebook_size")
-    return f"u{bits}" if bits is not None else f"vq{codebook_size}"
-
-
-class RateTables(NamedTuple):
-    """Calibrated quantiser and prior for one rate.
-
-    Attributes:
-        quantizer: ``UniformParams`` or ``Codebook``.
-        prior: Per-channel prior over the quantiser's symbols.
-        channel_axis: Axis of the feature tensor the channels run along.
-    """
-
-    quantizer: Quantizer
-    prior: EntropyPrior
-    channel_axis: Optional[int]
-
-    @property
-    def key(self) -> str:
-        """The rate's name (see ``rate_key``)."""
-        if isinstance(self.quantizer, Codebook):
-            return rate_key(codebook_size=self.quantizer.size)
-        return rate_key(bits=self.quantizer.bits)
-
-    @property
-    def id(self) -> bytes:
-        """8-byte hash of quantiser, prior and layout."""
-        return hashlib.blake2b(self.to_bytes(), digest_size=8).digest()
-
-    def to_bytes(self) -> bytes:
-        """Serialises the tables."""
-        quantizer = self.quantizer.to_bytes()
-        prior = self.prior.to_bytes()
-        kind = 1 if isinstance(self.quantizer, Codebook) else 0
-        axis = -1 if self.channel_axis is None else self.channel_axis
-        return _TABLE.pack(axis, len(quantizer), len(prior)) + bytes([kind]) + quantizer + prior
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Tuple["RateTables", int]:
-        """Parses tables from the start of ``data``; returns them and the bytes used."""
-        axis, n_quantizer, n_prior = _TABLE.unpack_from(data)
-        start = _TABLE.size + 1
-        kind = data[_TABLE.size]
-        body = data[start : start + n_quantizer]
-        quantizer = Codebook.from_bytes(body) if kind == 1 else UniformParams.from_bytes(body)
-        prior = EntropyPrior.from_bytes(data[start + n_quantizer : start + n_quantizer + n_prior])
-        return cls(quantizer, prior, None if axis < 0 else axis), start + n_quantizer + n_prior
-
-
-class CodecTables:
-    """A bank of ``RateTables`` addressable by rate key and by id."""
-
-    def __init__(self, entries: Iterable[RateTables]):
-        self.by_key: Dict[str, RateTables] = {}
-        self.by_id: Dict[bytes, RateTables] = {}
-        for entry in entries:
-            self.by_key[entry.key] = entry
-            self.by_id[entry.id] = entry
-
-    def keys(self) -> List[str]:
-        """Available rate keys."""
-        return sorted(self.by_key)
-
-    def to_bytes(self) -> bytes:
-        """Serialises the bank (ship it next to the compressed data)."""
-        parts = [self.by_key[k].to_bytes() for k in self.keys()]
-        return _BANK_MAGIC + struct.pack("<I", len(parts)) + b"".join(parts)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "CodecTables":
-        """Inverse of ``to_bytes``; raises ``ValueError`` if ``data`` is not a table bank."""
-        if data[:4] != _BANK_MAGIC:
-            raise ValueError("not a mediabeam codec table file (bad magic)")
-        try:
-            (count,) = struct.unpack_from("<I", data, 4)
-            pos, entries = 8, []
-            for _ in range(count):
-                entry, used = RateTables.from_bytes(data[pos:])
-                entries.append(entry)
-                pos += used
-        except struct.error as error:
-            raise ValueError(f"codec table file is truncated: {error}") from error
-        return cls(entries)
-
-    def save(self, path: str) -> None:
-        """Writes the bank to ``path``."""
-        with open(path, "wb") as f:
-            f.write(self.to_bytes())
-
-    @classmethod
-    def load(cls, path: str) -> "CodecTables":
-        """Reads a bank written by ``save``."""
-        with open(path, "rb") as f:
-            return cls.from_bytes(f.read())
-
-
-def _axis(x: np.ndarray, channel_axis: Optional[int]) -> Optional[int]:
-    """Normalised channel axis; 0-d and 1-d tensors are always coded per tensor."""
-    if channel_axis is None or x.ndim < 2:
-        return None
-    return channel_axis % x.ndim
-
-
-def calibrate_quantizers(
-    stats: FeatureStats, bits: Sequence[int], clip_sigmas: Optional[float] = None
-) -> Dict[str, UniformParams]:
-    """Uniform quantisers for each bit depth from merged ``feature_stats``."""
-    return {rate_key(bits=b): calibrate_uniform(stats, b, clip_sigmas) for b in bits}
-
-
-def record_histograms(
-    x: np.ndarray, quantizers: Dict[str, Quantizer], channel_axis: Optional[int], outliers: str = "escape"
-) -> Dict[str, np.ndarray]:
-    """Per-channel symbol counts of one record under each quantiser (summed over a sample
-    they become the priors)."""
-    x = np.asarray(x)
-    axis = _axis(x, channel_axis)
-    out = {}
-    for key, quantizer in quantizers.items():
-        if isinstance(quantizer, Codebook):
-            symbols = quantize_codebook(x, quantizer, axis)
-            out[key] = count_symbols(symbols, symbols.shape[0], symbols.shape[1], quantizer.size)
-        else:
-            symbols, _ = quantize_uniform(x, quantizer, axis, outliers)
-            channels, inner = channel_layout(x.shape, axis)
-            out[key] = count_symbols(symbols, channels, inner, quantizer.n_symbols)
-    return out
-
-
-def build_tables(
-    quantizers: Dict[str, Quantizer],
-    counts: Dict[str, np.ndarray],
-    channel_axis: Optional[int],
-    precision: int = DEFAULT_PRECISION,
-) -> CodecTables:
-    """Assembles a bank from quantisers and their summed histograms."""
-    return CodecTables(
-        RateTables(quantizers[key], EntropyPrior.from_counts(counts[key], precision), channel_axis)
-        for key in quantizers
-    )
-
-
-def fit_tables(
-    samples: Sequence[np.ndarray],
-    bits: Sequence[int] = (2, 4, 6, 8),
-    codebook_sizes: Sequence[int] = (),
-    channel_axis: Optional[int] = 0,
-    granularity: str = "channel",
-    clip_sigmas: Optional[float] = None,
-    codebook_groups: int = 1,
-    outliers: str = "escape",
-    precision: int = DEFAULT_PRECISION,
-    seed: int = 0,
-) -> CodecTables:
-    """Calibrates quantisers and fits priors on in-memory samples (same shape each).
-
-    Args:
-        samples: Feature tensors of single records.
-        bits: Uniform bit depths to prepare.
-        codebook_sizes: Codebook sizes to prepare (k-means over channel vectors).
-        channel_axis: Channel axis of each record.
-        granularity: ``"channel"`` or ``"tensor"`` uniform quantisers.
-        clip_sigmas: Clip the uniform range at mean ± this many std (outliers escape).
-        codebook_groups: Channel groups per codebook (product quantisation).
-        outliers: ``"escape"`` or ``"clip"``.
-        precision: Prior precision in bits.
-        seed: k-means seed.
-    """
-    if granularity not in ("channel", "tensor"):
-        raise ValueError(f"granularity must be 'channel' or 'tensor', got {granularity!r}")
-    axis = _axis(np.asarray(samples[0]), channel_axis)
-    stats_axis = axis if granularity == "channel" else None
-    stats = None
-    for x in samples:
-        s = feature_stats(x, stats_axis)
-        stats = s if stats is None else merge_stats(stats, s)
-    quantizers: Dict[str, Quantizer] = dict(calibrate_quantizers(stats, bits, clip_sigmas))
-    if codebook_sizes:
-        if axis is None:
-            raise ValueError("codebooks need channel vectors: give a channel_axis and features of rank >= 2")
-        vectors = np.concatenate([channel_vectors(np.asarray(x), axis) for x in samples])
-        for size in codebook_sizes:
-            quantizers[rate_key(codebook_size=size)] = fit_codebook(vectors, size, codebook_groups, seed=seed)
-    counts: Dict[str, np.ndarray] = {}
-    for x in samples:
-        for key, c in record_histograms(x, quantizers, axis, outliers).items():
-            counts[key] = counts[key] + c if key in counts else c
-    return build_tables(quantizers, counts, axis, precision)
 
 
 class FeatureCodec:
@@ -259,6 +61,7 @@ class FeatureCodec:
         outliers: ``"escape"`` (exact outliers) or ``"clip"``.
         clip_sigmas: Inline clipping range (mean ± this many std); None uses min/max.
         n_states: Interleaved rANS states (power of two).
+        decoded_bytes: Budget: largest tensor (and symbol array) :meth:`decode` may produce.
     """
 
     def __init__(
@@ -269,6 +72,7 @@ class FeatureCodec:
         outliers: str = "escape",
         clip_sigmas: Optional[float] = None,
         n_states: int = 8,
+        decoded_bytes: int = DEFAULT_BUDGETS.decoded_bytes,
     ):
         if granularity not in ("channel", "tensor"):
             raise ValueError(f"granularity must be 'channel' or 'tensor', got {granularity!r}")
@@ -281,6 +85,7 @@ class FeatureCodec:
         self.outliers = outliers
         self.clip_sigmas = clip_sigmas
         self.n_states = n_states
+        self.decoded_bytes = decoded_bytes
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -306,7 +111,7 @@ class FeatureCodec:
         entry = self.tables.by_key.get(key)
         if entry is None and codebook_size is not None:
             raise ValueError(f"no codebook of size {codebook_size} in the tables (have {self.tables.keys()})")
-        axis = _axis(x, self.channel_axis if entry is None else entry.channel_axis)
+        axis = coded_axis(x.ndim, self.channel_axis if entry is None else entry.channel_axis)
         if entry is not None:
             self._check_channels(x, entry, axis)
         if entry is not None and isinstance(entry.quantizer, Codebook):
@@ -365,8 +170,10 @@ class FeatureCodec:
         Raises:
             BitstreamError: If the stream is foreign, truncated, damaged or inconsistent.
             UnknownTablesError: If it was coded with tables this codec does not have.
+            StreamBudgetExceeded: If the header asks for more than ``decoded_bytes``.
         """
         header, sections = unpack(data)
+        self._check_budget(header)
         entry = None
         if header.tables_id:
             entry = self.tables.by_id.get(header.tables_id)
@@ -382,13 +189,28 @@ class FeatureCodec:
                 raise
             raise BitstreamError(f"stream payload is inconsistent: {error}") from error
 
+    def _check_budget(self, header: StreamHeader) -> None:
+        """Refuses, from the header alone, a decode that would allocate more than the budget."""
+        tensor = math.prod(header.shape) * np.dtype(header.dtype).itemsize
+        symbols = header.n_symbols * 2  # rans_decode returns uint8 or uint16 symbols
+        if max(tensor, symbols) > self.decoded_bytes:
+            raise StreamBudgetExceeded(
+                "decoded_bytes", self.decoded_bytes,
+                f"the stream declares a {header.dtype} tensor of shape {header.shape} ({tensor} bytes) "
+                f"and {header.n_symbols} symbols",
+            )
+
     def _decode(self, header: StreamHeader, sections: List[bytes], entry: Optional[RateTables]) -> np.ndarray:
         check_states(header.n_states)
         shape, axis, dtype = header.shape, header.channel_axis, np.dtype(header.dtype)
         size = math.prod(shape)
+        if entry is not None and axis != coded_axis(len(shape), entry.channel_axis):
+            raise ValueError(f"channel axis {axis} does not match the tables' axis {entry.channel_axis}")
         if header.kind == "codebook":
             if entry is None or not isinstance(entry.quantizer, Codebook):
                 raise ValueError("codebook stream without shared codebook tables")
+            if axis is None:
+                raise ValueError("codebook stream without a channel axis")
             groups = entry.quantizer.centroids.shape[0]
             positions = size // max(shape[axis], 1) if size else 0
             if header.n_symbols != groups * positions or len(sections) != 1:
@@ -406,7 +228,11 @@ class FeatureCodec:
             if len(sections) != 4:
                 raise ValueError("inline uniform stream needs 4 sections")
             params = UniformParams.from_bytes(sections[0])
-            prior = EntropyPrior.from_bytes(sections[1])
+            freqs, precision, used = EntropyPrior.parse(sections[1])
+            if freqs.shape[0] != 1 or precision != INLINE_PRECISION or used != len(sections[1]):
+                raise ValueError(f"inline prior must be one {INLINE_PRECISION}-bit table filling its section, got "
+                                 f"{freqs.shape[0]} tables of {precision} bits in {used} of {len(sections[1])} bytes")
+            prior = EntropyPrior(freqs, precision)
             escape_bytes, words, inner = sections[2], sections[3], 0
         if params.bits != header.rate or prior.n_symbols != params.n_symbols:
             raise ValueError("quantiser, prior and header disagree on the bit depth")

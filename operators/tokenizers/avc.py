@@ -12,17 +12,20 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from operators.media.decode import (
-    decode_video,
+from operators.media.ffmpeg_io import (
+    VIDEO_FORMATS,
+    check_pixel_budget,
     ffmpeg_args,
     ffmpeg_error,
     ffmpeg_input,
     media_source,
-    parse_input_info,
     run_ffmpeg,
 )
+from operators.media.probe import parse_input_info
+from operators.media.video import decode_video
 from operators.tokenizers.base import MediaError, TokenOutput
 from operators.tokenizers.byte_tokens import bytes_to_tokens, tokens_to_bytes
+from schemas.budgets import DEFAULT_BUDGETS
 
 _SLICE_TYPES = (1, 5)
 
@@ -55,6 +58,7 @@ class AvcTokenizer:
         height: Canvas height.
         qp: libx264 constant quantizer.
         ffmpeg_path: ffmpeg binary to use instead of the default.
+        image_pixels: Budget: largest source frame decoded (tokens decode at ``width``×``height``).
     """
 
     name = "avc-lm"
@@ -68,6 +72,7 @@ class AvcTokenizer:
         height: int = 144,
         qp: int = 37,
         ffmpeg_path: Optional[str] = None,
+        image_pixels: int = DEFAULT_BUDGETS.image_pixels,
     ):
         if width <= 0 or height <= 0 or width % 2 or height % 2:
             raise ValueError(f"yuv420p needs an even, positive canvas, got {width}x{height}")
@@ -79,6 +84,7 @@ class AvcTokenizer:
         self.height = height
         self.qp = qp
         self.ffmpeg_path = ffmpeg_path
+        self.image_pixels = image_pixels
         self.version = f"1-{width}x{height}-{fps:g}fps-{seconds:g}s-qp{qp}"
 
     def _encoder_options(self) -> Dict[str, Any]:
@@ -111,14 +117,14 @@ class AvcTokenizer:
 
         Returns:
             The Annex-B bytes and the source's stream summary (see
-            :func:`operators.media.decode.probe`), parsed from the same ffmpeg run.
+            :func:`operators.media.probe.probe`), parsed from the same ffmpeg run.
 
         Raises:
             MediaError: Empty or undecodable input, or no video stream.
         """
         with media_source(data) as (url, stdin):
             video = (
-                ffmpeg_input(url)["v:0"]
+                ffmpeg_input(url, VIDEO_FORMATS, max_pixels=self.image_pixels)["v:0"]
                 .filter("fps", fps=self.fps)
                 .filter("scale", self.width, self.height, force_original_aspect_ratio="decrease")
                 .filter("pad", self.width, self.height, "(ow-iw)/2", "(oh-ih)/2")
@@ -126,6 +132,7 @@ class AvcTokenizer:
             output = video.output("pipe:", **self._encoder_options())
             proc = run_ffmpeg(ffmpeg_args(output, self.ffmpeg_path, stdin is not None, loglevel="info"), stdin)
         if proc.returncode != 0:
+            check_pixel_budget(proc.stderr, self.image_pixels)
             raise MediaError(ffmpeg_error(proc.stderr, "video"))
         if count_frames(proc.stdout) == 0:
             raise MediaError("the video stream decoded to 0 frames")
@@ -166,6 +173,6 @@ class AvcTokenizer:
             raise MediaError("tokens hold no H.264 picture")
         return decode_video(
             annexb, None, self.width, self.height, max_frames=frames,
-            input_format="h264", ffmpeg_path=self.ffmpeg_path,
+            input_format="h264", ffmpeg_path=self.ffmpeg_path, image_pixels=self.image_pixels,
         )
 

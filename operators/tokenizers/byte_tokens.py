@@ -10,7 +10,6 @@ from operators.tokenizers.base import MediaError
 
 BOS = 256
 EOS = 257
-VOCAB_SIZE = 258
 
 
 def bytes_to_tokens(payload: bytes) -> np.ndarray:

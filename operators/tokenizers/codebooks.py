@@ -18,6 +18,12 @@ from operators.tokenizers.model_folder import atomic_write
 
 INERTIA_BITS = 24
 
+# The kernels transforms/ and pipelines/ need (only operators/ imports operators.kernels).
+PackedCodebook = nearest.PackedCodebook
+nearest_centroid = nearest.nearest
+fixed_point_scale = kmeans.fixed_point_scale
+update_sums = kmeans.update_sums
+
 
 class LloydStats(NamedTuple):
     """Mergeable statistics of one Lloyd iteration.

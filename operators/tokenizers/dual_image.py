@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 from operators.asset_paths import asset_path
 from operators.kernels import nearest
-from operators.media.decode import decode_image
+from operators.media.image import decode_image
 from operators.tokenizers.base import TokenOutput
 from operators.tokenizers.encoders import PatchEncoder, encoder_from_spec
 from operators.tokenizers.model_folder import load_array, load_model_info, save_model_folder

@@ -13,9 +13,10 @@ from typing import Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from operators.media.decode import decode_image
+from operators.media.image import decode_image
 from operators.tokenizers.base import MediaError, TokenOutput
 from operators.tokenizers.byte_tokens import bytes_to_tokens, tokens_to_bytes
+from schemas.budgets import DEFAULT_BUDGETS
 
 _SOI = b"\xff\xd8"
 _EOI = b"\xff\xd9"
@@ -30,7 +31,7 @@ class JpegTokenizer:
         subsampling: Pillow chroma subsampling (``"4:2:0"`` in the paper).
         restart_marker_rows: A restart marker after every this many MCU rows (Pillow's
             ``restart_marker_rows``), so a damaged byte only spoils one row of blocks.
-        max_pixels: Largest source image accepted (checked before decoding).
+        max_pixels: Budget ``image_pixels``: largest source image accepted (checked before decoding).
     """
 
     name = "jpeg-lm"
@@ -42,7 +43,7 @@ class JpegTokenizer:
         quality: int = 25,
         subsampling: str = "4:2:0",
         restart_marker_rows: int = 1,
-        max_pixels: int = 64_000_000,
+        max_pixels: int = DEFAULT_BUDGETS.image_pixels,
     ):
         if size < 8 or not 1 <= quality <= 100 or restart_marker_rows < 0:
             raise ValueError(f"need size >= 8, 1 <= quality <= 100, restart_marker_rows >= 0; got "
@@ -104,12 +105,22 @@ class JpegTokenizer:
     def decode(self, tokens: np.ndarray) -> Image.Image:
         """Reconstructs the RGB image from tokens.
 
+        The frame header is checked before any pixel is decoded: this tokenizer only writes
+        ``size`` × ``size`` images, so tokens declaring another size (possibly a huge one) are refused.
+
         Raises:
             MediaError: If the tokens are not a JPEG this tokenizer wrote.
         """
+        failures = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
         try:
-            image = Image.open(io.BytesIO(self.to_jpeg(tokens)))
-            image.load()
-        except (OSError, SyntaxError, ValueError) as error:
+            image = Image.open(io.BytesIO(self.to_jpeg(tokens)), formats=["JPEG"])
+        except failures as error:
             raise MediaError(f"tokens do not decode as a JPEG: {error}") from error
-        return image.convert("RGB")
+        if image.size != (self.size, self.size):
+            raise MediaError(f"tokens declare a {image.size[0]}x{image.size[1]} JPEG; this tokenizer writes "
+                             f"{self.size}x{self.size}")
+        try:
+            image.load()
+            return image.convert("RGB")
+        except failures as error:
+            raise MediaError(f"tokens do not decode as a JPEG: {error}") from error

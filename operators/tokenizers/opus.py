@@ -7,7 +7,12 @@ self-describing raw framing instead of Ogg, whose page headers (serial numbers, 
 granule positions) would be ~10% of the bytes and carry nothing a decoder cannot rebuild:
 
     pre_skip (uint16 BE, 48 kHz samples) | num_samples (uint32 BE, at ``sample_rate``)
-    then per packet: length (LEB128, 1-2 bytes) | packet bytes
+    then per packet: length (LEB128, 1-3 bytes) | packet bytes
+
+Token streams are untrusted: packets are limited to what one Ogg page holds, and ``num_samples``
+must agree with the samples the packets really hold (it ends inside the last packet), so a
+hostile header can neither make :meth:`OpusTokenizer.decode` allocate more than the packets
+decode to nor pad the output with silence. The total duration is held to the media budgets.
 
 :meth:`OpusTokenizer.decode` rebuilds an Ogg Opus stream (RFC 7845) from this framing,
 with the granule position of the last page trimming the padding exactly as the
@@ -19,12 +24,18 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from operators.media.decode import decode_audio, ffmpeg_args, ffmpeg_error, ffmpeg_input, run_ffmpeg
+from operators.media.audio import decode_audio
+from operators.media.ffmpeg_io import MediaBudgetExceeded, ffmpeg_args, ffmpeg_error, ffmpeg_input, run_ffmpeg
 from operators.tokenizers.base import MediaError, TokenOutput
 from operators.tokenizers.byte_tokens import bytes_to_tokens, tokens_to_bytes
+from schemas.budgets import DEFAULT_BUDGETS
 
 _HEADER = struct.Struct(">HI")
 _OPUS_RATE = 48000
+_MAX_PACKET_SAMPLES_48K = 5760  # 120 ms, the longest Opus packet (RFC 6716 §3.2.5)
+MAX_PACKET_BYTES = 255 * 255 - 1
+"""Largest packet accepted: what one Ogg page's 255 lacing values can describe."""
+_MAX_LEB128_BYTES = 3
 _FRAME_SAMPLES_48K = (
     [480, 960, 1920, 2880] * 3  # SILK-only configs 0-11: 10, 20, 40, 60 ms
     + [480, 960] * 2  # hybrid configs 12-15: 10, 20 ms
@@ -86,7 +97,11 @@ def _ogg_page(payload: bytes, granule: int, sequence: int, header_type: int) -> 
 
 
 def opus_packet_samples(packet: bytes) -> int:
-    """Samples (at 48 kHz) one Opus packet decodes to, from its TOC byte (RFC 6716 §3.1)."""
+    """Samples (at 48 kHz) one Opus packet decodes to, from its TOC byte (RFC 6716 §3.1).
+
+    Raises:
+        MediaError: Empty packet, or a frame count that is 0 or above 120 ms (RFC 6716 §3.2.5).
+    """
     if not packet:
         raise MediaError("empty Opus packet")
     toc = packet[0]
@@ -99,7 +114,11 @@ def opus_packet_samples(packet: bytes) -> int:
         frames = packet[1] & 0x3F
     else:
         raise MediaError("Opus packet with frame-count code 3 has no count byte")
-    return frames * _FRAME_SAMPLES_48K[toc >> 3]
+    samples = frames * _FRAME_SAMPLES_48K[toc >> 3]
+    if not 0 < samples <= _MAX_PACKET_SAMPLES_48K:
+        raise MediaError(f"Opus packet declares {frames} frames ({samples} samples at 48 kHz); "
+                         f"a packet holds 1 to {_MAX_PACKET_SAMPLES_48K}")
+    return samples
 
 
 def _leb128(value: int) -> bytes:
@@ -112,14 +131,16 @@ def _leb128(value: int) -> bytes:
 
 
 def _read_leb128(data: bytes, position: int) -> Tuple[int, int]:
-    value, shift = 0, 0
-    while position < len(data):
+    value, shift, start = 0, 0, position
+    while position < len(data) and position - start < _MAX_LEB128_BYTES:
         byte = data[position]
         value |= (byte & 0x7F) << shift
         position += 1
         if not byte & 0x80:
             return value, position
         shift += 7
+    if position - start >= _MAX_LEB128_BYTES:
+        raise MediaError(f"Opus packet length field is longer than {_MAX_LEB128_BYTES} bytes")
     raise MediaError("Opus token stream ends inside a packet length")
 
 
@@ -132,7 +153,7 @@ def unpack_packets(payload: bytes) -> Tuple[int, int, List[bytes]]:
     """Inverts :func:`pack_packets`: returns ``(pre_skip, num_samples, packets)``.
 
     Raises:
-        MediaError: If the framing is truncated.
+        MediaError: If the framing is truncated or a packet is empty or above ``MAX_PACKET_BYTES``.
     """
     if len(payload) < _HEADER.size:
         raise MediaError("Opus token stream is shorter than its 6-byte header")
@@ -140,7 +161,9 @@ def unpack_packets(payload: bytes) -> Tuple[int, int, List[bytes]]:
     position, packets = _HEADER.size, []
     while position < len(payload):
         length, position = _read_leb128(payload, position)
-        if length == 0 or position + length > len(payload):
+        if not 0 < length <= MAX_PACKET_BYTES:
+            raise MediaError(f"Opus packet of {length} bytes (a packet holds 1 to {MAX_PACKET_BYTES})")
+        if position + length > len(payload):
             raise MediaError("Opus token stream ends inside a packet")
         packets.append(payload[position : position + length])
         position += length
@@ -156,6 +179,8 @@ class OpusTokenizer:
         sample_rate: Rate audio is resampled to before encoding (mono).
         max_seconds: Tokenize at most this many seconds from the start (``None``: all).
         ffmpeg_path: ffmpeg binary to use instead of the default.
+        media_seconds: Budget: longest audio encoded or decoded (longer payloads are refused).
+        audio_samples: Budget: most samples decoded from one payload or token stream.
     """
 
     name = "opus"
@@ -168,6 +193,8 @@ class OpusTokenizer:
         sample_rate: int = 16000,
         max_seconds: Optional[float] = None,
         ffmpeg_path: Optional[str] = None,
+        media_seconds: float = DEFAULT_BUDGETS.media_seconds,
+        audio_samples: int = DEFAULT_BUDGETS.audio_samples,
     ):
         if sample_rate not in (8000, 12000, 16000, 24000, 48000):
             raise ValueError(f"Opus encodes 8/12/16/24/48 kHz, not {sample_rate} Hz")
@@ -179,11 +206,12 @@ class OpusTokenizer:
         self.sample_rate = sample_rate
         self.max_seconds = max_seconds
         self.ffmpeg_path = ffmpeg_path
+        self.budgets = {"media_seconds": media_seconds, "audio_samples": audio_samples}
         self.version = f"1-{sample_rate // 1000}k-{bitrate // 1000}kbps-cbr-{frame_ms:g}ms"
 
     def to_payload(self, waveform: np.ndarray) -> bytes:
         """Encodes a mono float32 waveform at ``sample_rate`` to the token framing."""
-        stream = ffmpeg_input("pipe:", format="f32le", ar=self.sample_rate, ac=1).output(
+        stream = ffmpeg_input("pipe:", "f32le", format="f32le", ar=self.sample_rate, ac=1).output(
             "pipe:",
             format="ogg",
             acodec="libopus",
@@ -212,7 +240,7 @@ class OpusTokenizer:
         Raises:
             MediaError: Empty or undecodable input, no audio stream, NaN/inf samples.
         """
-        waveform = decode_audio(data, self.sample_rate, self.max_seconds, self.ffmpeg_path)
+        waveform = decode_audio(data, self.sample_rate, self.max_seconds, self.ffmpeg_path, **self.budgets)
         payload = self.to_payload(waveform)
         meta = {
             "duration_s": len(waveform) / self.sample_rate,
@@ -223,11 +251,34 @@ class OpusTokenizer:
         }
         return TokenOutput(bytes_to_tokens(payload), meta)
 
-    def to_ogg(self, tokens: np.ndarray) -> bytes:
-        """Rebuilds a standard Ogg Opus file (RFC 7845) from tokens."""
-        pre_skip, num_samples, packets = unpack_packets(tokens_to_bytes(tokens))
+    def check_stream(self, pre_skip: int, num_samples: int, packets: List[bytes]) -> None:
+        """Checks a token stream's header against its packets and the budgets, before decoding.
+
+        Raises:
+            MediaError: No packet, or ``num_samples`` that does not end inside the last packet.
+            MediaBudgetExceeded: The packets hold more than the budgets allow.
+        """
         if not packets:
             raise MediaError("Opus token stream holds no packet")
+        held = sum(opus_packet_samples(packet) for packet in packets)
+        seconds = held / _OPUS_RATE
+        if seconds > self.budgets["media_seconds"]:
+            raise MediaBudgetExceeded("media_seconds", self.budgets["media_seconds"],
+                                      f"the Opus packets hold {seconds:.1f} s of audio")
+        if num_samples > self.budgets["audio_samples"]:
+            raise MediaBudgetExceeded("audio_samples", self.budgets["audio_samples"],
+                                      f"the Opus token header declares {num_samples} samples")
+        spare = held - pre_skip - num_samples * (_OPUS_RATE // self.sample_rate)
+        if not 0 <= spare < opus_packet_samples(packets[-1]):
+            raise MediaError(
+                f"Opus token header declares {num_samples} samples at {self.sample_rate} Hz after a pre-skip of "
+                f"{pre_skip}, but the packets hold {held} samples at 48 kHz (it must end inside the last packet)"
+            )
+
+    def to_ogg(self, tokens: np.ndarray) -> bytes:
+        """Rebuilds a standard Ogg Opus file (RFC 7845) from tokens (checked by :meth:`check_stream`)."""
+        pre_skip, num_samples, packets = unpack_packets(tokens_to_bytes(tokens))
+        self.check_stream(pre_skip, num_samples, packets)
         head = struct.pack("<8sBBHIhB", b"OpusHead", 1, 1, pre_skip, self.sample_rate, 0, 0)
         vendor = b"mediabeam"
         tags = b"OpusTags" + struct.pack("<I", len(vendor)) + vendor + struct.pack("<I", 0)
@@ -245,9 +296,11 @@ class OpusTokenizer:
 
         Raises:
             MediaError: If the tokens are not a packet stream this tokenizer wrote.
+            MediaBudgetExceeded: If they hold more audio than the budgets allow.
         """
         num_samples = unpack_packets(tokens_to_bytes(tokens))[1]
-        waveform = decode_audio(self.to_ogg(tokens), self.sample_rate, ffmpeg_path=self.ffmpeg_path)
+        waveform = decode_audio(self.to_ogg(tokens), self.sample_rate, ffmpeg_path=self.ffmpeg_path,
+                                formats="ogg", **self.budgets)
         if len(waveform) < num_samples:
             waveform = np.pad(waveform, (0, num_samples - len(waveform)))
         return waveform[:num_samples]

@@ -24,7 +24,6 @@ one ships in ``operators/assets/semantic_audio`` (made by ``mediabeam make-token
 """
 
 import math
-import os
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -32,10 +31,12 @@ import numpy as np
 from operators.asset_paths import asset_path
 from operators.kernels import nearest, rvq
 from operators.media import kaldi_fbank
-from operators.media.decode import ffmpeg_args, ffmpeg_error, ffmpeg_input, media_source, run_ffmpeg
+from operators.media.audio import decode_audio
+from operators.media.ffmpeg_io import MediaBudgetExceeded
 from operators.tokenizers.base import MediaError, TokenOutput
 from operators.tokenizers.encoders import PatchEncoder, encoder_from_spec
 from operators.tokenizers.model_folder import load_array, load_model_info, save_model_folder
+from schemas.budgets import DEFAULT_BUDGETS
 
 SAMPLE_RATE = 16000
 NORM_MEAN = -4.2677393
@@ -49,24 +50,15 @@ RATE_TO_GROUP = {100: 1, 50: 2, 25: 4}
 DEFAULT_MODEL_DIR = asset_path("semantic_audio")
 
 
-def decode_first_channel(data: bytes | str, sample_rate: int = SAMPLE_RATE,
-                         max_seconds: Optional[float] = None) -> np.ndarray:
-    """Decodes the first channel of the first audio stream to float32 at ``sample_rate``."""
-    with media_source(data) as (url, stdin):
-        options: Dict[str, Any] = {"format": "f32le", "acodec": "pcm_f32le", "ac": 1, "ar": sample_rate}
-        if max_seconds is not None:
-            options["t"] = max_seconds
-        first = ffmpeg_input(url)["a:0"].filter("channelmap", map="0", channel_layout="mono")
-        stream = first.output("pipe:", **options)
-        proc = run_ffmpeg(ffmpeg_args(stream, None, stdin is not None), stdin)
-    if proc.returncode != 0:
-        raise MediaError(ffmpeg_error(proc.stderr, "audio"))
-    wave = np.frombuffer(proc.stdout[: len(proc.stdout) // 4 * 4], "<f4").astype(np.float32)
-    if wave.size == 0:
-        raise MediaError("the audio stream decoded to 0 samples")
-    if not np.isfinite(wave).all():
-        raise MediaError("audio has NaN or infinite samples")
-    return wave
+def decode_first_channel(data: bytes | str, sample_rate: int = SAMPLE_RATE, max_seconds: Optional[float] = None,
+                         media_seconds: float = DEFAULT_BUDGETS.media_seconds,
+                         audio_samples: int = DEFAULT_BUDGETS.audio_samples) -> np.ndarray:
+    """Decodes the first channel of the first audio stream to float32 at ``sample_rate``.
+
+    See :func:`operators.media.audio.decode_audio` for the budgets and errors.
+    """
+    return decode_audio(data, sample_rate, max_seconds, first_channel=True,
+                        media_seconds=media_seconds, audio_samples=audio_samples)
 
 
 def normalise(fbank: np.ndarray) -> np.ndarray:
@@ -224,6 +216,8 @@ class SemanticAudioTokenizer:
         max_seconds: Tokenize at most this many seconds from the start.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the VQ kernels.
         griffin_lim_iterations: Phase-retrieval iterations in :meth:`decode`.
+        media_seconds: Budget: longest audio tokenized (longer payloads are refused) or decoded.
+        audio_samples: Budget: most samples decoded from one payload.
     """
 
     name = "semantic-audio"
@@ -232,12 +226,15 @@ class SemanticAudioTokenizer:
 
     def __init__(self, model_dir: Optional[str] = None, encoder_path: Optional[str] = None,
                  max_seconds: Optional[float] = None, device: str = "auto",
-                 griffin_lim_iterations: int = 16):
+                 griffin_lim_iterations: int = 16, media_seconds: float = DEFAULT_BUDGETS.media_seconds,
+                 audio_samples: int = DEFAULT_BUDGETS.audio_samples):
         self.model_dir = model_dir or DEFAULT_MODEL_DIR
         self.encoder_path = encoder_path
         self.max_seconds = max_seconds
         self.device = device
         self.griffin_lim_iterations = griffin_lim_iterations
+        self.media_seconds = media_seconds
+        self.audio_samples = audio_samples
         self._model: Optional[SemanticAudioModel] = None
 
     @property
@@ -267,10 +264,20 @@ class SemanticAudioTokenizer:
 
     def encode(self, data: bytes) -> TokenOutput:
         """Tokenizes one encoded audio payload; raises ``MediaError`` on bad input."""
-        return self.encode_wave(decode_first_channel(data, SAMPLE_RATE, self.max_seconds))
+        return self.encode_wave(decode_first_channel(data, SAMPLE_RATE, self.max_seconds,
+                                                     self.media_seconds, self.audio_samples))
 
     def decode_mel(self, tokens: np.ndarray, frames: Optional[int] = None) -> np.ndarray:
-        """Tokens → Kaldi log-mel ``[frames, 128]`` (all time steps when ``frames`` is None)."""
+        """Tokens → Kaldi log-mel ``[frames, 128]`` (all time steps when ``frames`` is None).
+
+        Raises:
+            MediaBudgetExceeded: The tokens describe more than ``media_seconds`` of audio.
+        """
+        rows = np.size(tokens) // (1 + len(self.model.acoustic))
+        seconds = rows / self.rows_per_second()
+        if seconds > self.media_seconds:
+            raise MediaBudgetExceeded("media_seconds", self.media_seconds,
+                                      f"{rows} token rows decode to {seconds:.1f} s")
         rows = decode_rows(self.model, tokens)
         patches = rows.reshape(-1, PATCH_DIM)
         n = patches.shape[0] // FREQ_PATCHES * PATCH

@@ -1,4 +1,4 @@
-"""X3D-S/M whose state-dict keys match pytorchvideo's public checkpoints, and CoX3D.
+"""X3D-S/M whose state-dict keys match pytorchvideo's public checkpoints.
 
 Module names and nesting follow ``pytorchvideo.models.x3d.create_x3d`` (``blocks.0`` stem,
 ``blocks.1-4`` residual stages, ``blocks.5`` head), so ``X3D_S.pyth`` / ``X3D_M.pyth`` load
@@ -8,31 +8,19 @@ conv (pytorchvideo swaps the names); SE (fvcore) sits in ``norm_b.1`` with param
 ``block.0`` / ``block.2``, in every other block of a stage (blocks 0, 2, 4, …); widths come
 from ``round_width`` with divisor 8; depths are ``ceil(2.2 · [1, 2, 5, 3])``.
 
-CoX3D (``co_x3d``): the same weights run one frame at a time. The clip-global parts become
-causal (see ``operators.video.continual``): SE averages the last ``window`` frames, the head's
-``AvgPool3d`` covers the last ``window`` frames (16 or 64: extendable, it has no weights) and
-the final global average only pools space.
+The continual form (CoX3D, one frame at a time) is ``operators.video.co_x3d``; the causal
+variants it needs (``make_se_causal``, ``set_temporal_window``) are defined here, on the
+offline network, so that ``Net.forward_frames`` is the reference of the stepped output.
 """
 
-import functools
 import math
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from operators.video.continual import (
-    CausalSqueezeExcitation,
-    CoModule,
-    CoParallel,
-    CoPerFrame,
-    CoSequential,
-    StreamStepper,
-    from_module,
-    fuse,
-    register_converter,
-)
+from operators.video.continual.squeeze_excitation import CausalSqueezeExcitation
 
 
 def round_width(width: float, multiplier: float, min_width: int = 8, divisor: int = 8) -> int:
@@ -235,7 +223,7 @@ def create_x3d(
         clip_length: Frames per clip; sets the head's temporal pool size.
         crop_size: Input height/width; sets the head's spatial pool size (``ceil(crop/32)``).
         se_window: ``None`` for clip-global SE (the published model); an integer for
-            causal SE over that many frames (the form CoX3D runs, see ``operators.video.continual``).
+            causal SE over that many frames (the form CoX3D runs, see ``operators.video.co_x3d``).
         head_softmax: Softmax over classes before the final average (pytorchvideo 0.1.5's
             default; later versions default to raw scores). It has no weights.
     """
@@ -314,21 +302,6 @@ def load_x3d(path: str, variant: str = "s", num_classes: int = 400, **kwargs) ->
     return net.eval()
 
 
-def co_x3d(net: Net, window: int = 16, fused: bool = False) -> CoModule:
-    """CoX3D: the continual form of ``net`` (weights shared), one frame in, scores out.
-
-    SE becomes causal over ``window`` frames and the head pools the last ``window`` frames
-    (16 or 64 …, independent of the training clip length). ``net`` is modified the same way,
-    so ``net.forward_frames`` is the offline reference of the stepped output. ``fused=True``
-    folds BatchNorm into the convolutions (faster; those weights are then copies).
-    """
-    net.eval()
-    make_se_causal(net, window)
-    set_temporal_window(net, window)
-    co = from_module(net)
-    return fuse(co) if fused else co
-
-
 # pytorchvideo's Kinetics transform for X3D: scale to [0, 1], then normalise.
 X3D_MEAN = (0.45, 0.45, 0.45)
 X3D_STD = (0.225, 0.225, 0.225)
@@ -359,58 +332,3 @@ def build_x3d(variant: str, num_classes: int = 400, weights: Optional[str] = Non
     else:
         net = {"s": x3d_s, "m": x3d_m}[variant](num_classes=num_classes)
     return net.eval()
-
-
-def co_x3d_stepper(
-    variant: str = "s", window: int = 16, num_classes: int = 400, weights: Optional[str] = None, seed: int = 0
-) -> StreamStepper:
-    """A single-stream CoX3D runner on uint8 RGB frames (what the Beam transforms build)."""
-    return StreamStepper(co_x3d(build_x3d(variant, num_classes, weights, seed), window, fused=True), x3d_preprocess)
-
-
-def _pointwise_conv(proj: torch.nn.Module, x: Tensor) -> Tensor:
-    """The head's ``1×1×1`` projection conv applied to one frame ``[B, C, H, W]``."""
-    return torch.nn.functional.conv2d(x, proj.weight[:, :, None, None], proj.bias)
-
-
-def _spatial_mean(x: Tensor) -> Tensor:
-    return x.mean(dim=(2, 3))
-
-
-def _per_frame_head(head: ResNetBasicHead, **options) -> CoModule:
-    layers = [from_module(m, **options) for m in head.pool.layers()]
-    layers.append(CoPerFrame(head.proj, functools.partial(_pointwise_conv, head.proj)))
-    if head.activation is not None:
-        layers.append(CoPerFrame(head.activation))
-    layers.append(CoPerFrame(head.output_pool, _spatial_mean))
-    return CoSequential(*layers)
-
-
-def _co_sequence(modules: Iterable[torch.nn.Module], **options) -> CoSequential:
-    """The continual forms of ``modules``, run one after another."""
-    return CoSequential(*[from_module(m, **options) for m in modules])
-
-
-def _co_swish(m: Swish, **options) -> CoModule:
-    return CoPerFrame(m, torch.nn.functional.silu)
-
-
-def _co_squeeze_excitation(m: SqueezeExcitation, **options) -> CoModule:
-    """Clip-global SE has no causal form: it becomes SE over a sliding window of frames."""
-    return from_module(CausalSqueezeExcitation(m.block, options.get("se_window", 16)))
-
-
-def _co_res_block(m: ResBlock, **options) -> CoModule:
-    shortcut = _co_sequence(m.shortcut(), **options)
-    return CoSequential(CoParallel([shortcut, from_module(m.branch2, **options)]), from_module(m.activation, **options))
-
-
-register_converter(Swish, _co_swish)
-register_converter(SqueezeExcitation, _co_squeeze_excitation)
-register_converter(Conv2plus1d, lambda m, **o: _co_sequence((m.conv_t, m.conv_xy), **o))
-register_converter(ResNetBasicStem, lambda m, **o: _co_sequence((m.conv, m.norm, m.activation), **o))
-register_converter(BottleneckBlock, lambda m, **o: _co_sequence(m.layers(), **o))
-register_converter(ResBlock, _co_res_block)
-register_converter(ResStage, lambda m, **o: _co_sequence(m.res_blocks, **o))
-register_converter(ResNetBasicHead, _per_frame_head)
-register_converter(Net, lambda m, **o: _co_sequence(m.blocks, **o))

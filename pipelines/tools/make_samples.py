@@ -5,7 +5,9 @@ Media come from Pillow drawings, ffmpeg's ``lavfi`` test sources (``testsrc``,
 ``testsrc2``, ``smptebars``, ``sine``) and NumPy tones, so the same seed gives
 byte-identical shards. Each sample has a ``.txt`` caption and a ``.json`` record; the last
 sample of every shard is deliberately broken (garbage bytes named ``.jpg``/``.mp4``/``.wav``
-or a zero-byte member) so a demo run shows dead letters.
+or a zero-byte member) so a demo run shows dead letters. A broken sample's key starts with
+:data:`DELIBERATELY_BROKEN_PREFIX` and its ``.json`` record says ``"deliberately_broken": true``,
+so a job's summary can tell the demo's deliberate dead letters from real ones.
 
 :func:`write_hostile_shards` builds the adversarial set the accounting tests use.
 
@@ -30,10 +32,11 @@ import ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw
 
-from operators.media.decode import ffmpeg_args, run_ffmpeg
+from operators.media.ffmpeg_io import ffmpeg_args, run_ffmpeg
 from pipelines.common import ConfigError
 
 Member = Tuple[str, bytes]
+DELIBERATELY_BROKEN_PREFIX = "broken-"
 _BROKEN_KINDS = ("garbage.jpg", "garbage.mp4", "garbage.wav", "empty.jpg")
 _VIDEO_SIZES = ((160, 120), (192, 108), (128, 128), (96, 160))
 _VIDEO_SOURCES = ("testsrc", "testsrc2", "smptebars")
@@ -175,7 +178,7 @@ def _caption(rng: np.random.Generator, kind: str) -> str:
     return f"a synthetic {kind}: {' '.join(words)}"
 
 
-def _sample_members(key: str, kind: str, rng: np.random.Generator) -> List[Member]:
+def _sample_members(key: str, kind: str, rng: np.random.Generator, broken: bool) -> List[Member]:
     if kind == "image":
         media = [(f"{key}.jpg", synthetic_image(rng))]
     elif kind == "video":
@@ -186,7 +189,9 @@ def _sample_members(key: str, kind: str, rng: np.random.Generator) -> List[Membe
         payload = b"" if kind.startswith("empty") else rng.bytes(int(rng.integers(64, 2048)))
         media = [(f"{key}.{kind.split('.')[1]}", payload)]
     caption = _caption(rng, kind)
-    record = json.dumps({"key": key, "kind": kind, "caption": caption}, sort_keys=True).encode()
+    record = json.dumps(
+        {"key": key, "kind": kind, "caption": caption, "deliberately_broken": broken}, sort_keys=True
+    ).encode()
     return media + [(f"{key}.json", record), (f"{key}.txt", caption.encode())]
 
 
@@ -197,7 +202,8 @@ def write_sample_shards(
 
     Sample ``i`` of a shard is an image, image, video or audio clip by ``i % 4``; the last
     sample of each shard (when a shard has at least two) is broken, cycling through
-    garbage ``.jpg``, garbage ``.mp4``, garbage ``.wav`` and a zero-byte ``.jpg``.
+    garbage ``.jpg``, garbage ``.mp4``, garbage ``.wav`` and a zero-byte ``.jpg``; its key is
+    ``broken-s<shard>-<index>`` (see :data:`DELIBERATELY_BROKEN_PREFIX`).
 
     Returns:
         ``{"shards": {path: num_samples}, "kinds": {key: kind}, "broken": [keys],
@@ -210,10 +216,10 @@ def write_sample_shards(
         rng = np.random.default_rng([seed, shard])
         members: List[Member] = []
         for index in range(samples_per_shard):
-            key = f"s{shard:06d}-{index:04d}"
             broken = samples_per_shard >= 2 and index == samples_per_shard - 1
+            key = f"{DELIBERATELY_BROKEN_PREFIX if broken else ''}s{shard:06d}-{index:04d}"
             kind = _BROKEN_KINDS[shard % len(_BROKEN_KINDS)] if broken else kinds_cycle[index % 4]
-            members.extend(_sample_members(key, kind, rng))
+            members.extend(_sample_members(key, kind, rng, broken))
             result["kinds"][key] = kind
             if broken:
                 result["broken"].append(key)
@@ -300,11 +306,11 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result = write_sample_shards(args.output, args.num_shards, args.samples_per_shard, args.seed)
     if args.hostile:
         result["hostile"] = write_hostile_shards(args.output, args.seed)
-    kinds = sorted(set(result["kinds"].values()))
-    counts = {kind: list(result["kinds"].values()).count(kind) for kind in kinds}
+    good = [kind for key, kind in result["kinds"].items() if key not in result["broken"]]
+    counts = ", ".join(f"{good.count(kind)} {kind}" for kind in sorted(set(good)))
     print(
         f"wrote {len(result['shards'])} shards ({sum(result['shards'].values())} samples, "
-        f"{result['bytes'] / 1e6:.2f} MB) to {args.output} in {time.perf_counter() - started:.1f} s; "
-        f"kinds: {counts}; broken on purpose: {len(result['broken'])}"
+        f"{result['bytes'] / 1e6:.2f} MB) to {args.output} in {time.perf_counter() - started:.1f} s: "
+        f"{counts}, {len(result['broken'])} deliberately broken (keys {DELIBERATELY_BROKEN_PREFIX}*)"
     )
     return result

@@ -3,7 +3,8 @@
 Generates synthetic training media with NumPy and Pillow (harmonic tones with vibrato, chirps,
 noise bursts and silences; images of shapes, gradients and stripes), writes them to a folder,
 and runs ``mediabeam fit-tokenizer`` on it for both modalities. The same seed gives the same
-media and, the fit being deterministic, the same codebooks.
+media and, the fit being deterministic, the same codebooks. A progress line on stderr names the
+stage, the time elapsed and a rough ETA (from per-clip and per-image costs measured on 2 cores).
 
 Usage::
 
@@ -12,11 +13,16 @@ Usage::
 """
 
 import argparse
+import contextlib
+import datetime
 import io
 import os
 import shutil
+import sys
 import tempfile
-from typing import Any, Dict, Optional, Sequence
+import threading
+import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 from PIL import Image
@@ -24,6 +30,11 @@ from PIL import Image
 from operators.asset_paths import ASSETS_DIR as ASSETS
 from pipelines import fit_tokenizer
 from pipelines.tools.make_samples import draw_random_shapes, wav_bytes
+
+# Fit cost (fixed seconds, seconds per unit) measured on the shared 2-core box with 12 iterations:
+# the ETA's starting point, rescaled by how fast the finished stages ran against it.
+AUDIO_FIT_S = (14.0, 0.23)  # unit: one second of synthetic audio
+IMAGE_FIT_S = (3.0, 0.8)  # unit: one synthetic image
 
 
 def synthetic_clip(rng: np.random.Generator, seconds: float, sample_rate: int = 16000) -> np.ndarray:
@@ -80,6 +91,71 @@ def write_fit_media(directory: str, clips: int, images: int, seconds: float, see
             f.write(synthetic_picture(rng))
 
 
+def _clock(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(round(max(seconds, 0.0)))))
+
+
+class StageProgress:
+    """Prints ``make-tokenizer-assets: [2/3] fit semantic-audio, stage 0:01:10, total 0:01:12,
+    ETA ~0:02:05`` when each stage starts, every ``interval_s`` while it runs, and at the end.
+
+    The ETA is the rest of the current stage's estimate plus the later stages' estimates, all
+    scaled by actual / estimated time of the stages already finished (how fast this machine is
+    today). A stage past its estimate says so instead of showing a made-up ETA.
+
+    Args:
+        stages: ``(name, estimated seconds)`` per stage, in order.
+        interval_s: Seconds between two lines within a stage.
+        stream: Where lines go (stderr by default, so stdout keeps the fit summaries).
+    """
+
+    def __init__(self, stages: Sequence[Tuple[str, float]], interval_s: float = 30.0,
+                 stream: Optional[TextIO] = None):
+        self.stages, self._interval, self._stream = list(stages), interval_s, stream or sys.stderr
+        self._began = time.time()
+        self._finished: List[Tuple[float, float]] = []  # (estimate, actual) of finished stages
+        self.lines: List[str] = []
+
+    def _speed(self) -> float:
+        estimated = sum(e for e, _ in self._finished if e > 0)
+        return sum(a for e, a in self._finished if e > 0) / estimated if estimated else 1.0
+
+    def _print(self, index: int, stage_began: float) -> None:
+        name, estimate = self.stages[index]
+        now, speed = time.time(), self._speed()
+        current = max(estimate * speed - (now - stage_began), 0.0) if estimate > 0 else 0.0
+        later = speed * sum(e for _, e in self.stages[index + 1:])
+        past = estimate > 0 and now - stage_began > estimate * speed
+        eta = f"past this stage's estimate, then ~{_clock(later)}" if past else f"ETA ~{_clock(current + later)}"
+        line = (f"make-tokenizer-assets: [{index + 1}/{len(self.stages)}] {name}, stage "
+                f"{_clock(now - stage_began)}, total {_clock(now - self._began)}, {eta}")
+        self.lines.append(line)
+        print(line, file=self._stream, flush=True)
+
+    @contextlib.contextmanager
+    def stage(self, index: int) -> Iterator[None]:
+        """Runs the ``with`` block as stage ``index``, printing lines from a background thread."""
+        began, stop = time.time(), threading.Event()
+        self._print(index, began)
+
+        def beat() -> None:
+            while not stop.wait(self._interval):
+                self._print(index, began)
+
+        thread = threading.Thread(target=beat, name="StageProgress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+        self._finished.append((self.stages[index][1], time.time() - began))
+        if index == len(self.stages) - 1:
+            line = f"make-tokenizer-assets: done in {_clock(time.time() - self._began)}"
+            self.lines.append(line)
+            print(line, file=self._stream, flush=True)
+
+
 def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Generates media and fits both default models; returns the two fit summaries."""
     p = argparse.ArgumentParser(prog="mediabeam make-tokenizer-assets", description=__doc__.split("\n")[0])
@@ -88,19 +164,26 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--seconds", type=float, default=12.0, help="seconds per clip")
     p.add_argument("--images", type=int, default=96, help="synthetic images")
     p.add_argument("--seed", type=int, default=0, help="seed of media and fits")
+    p.add_argument("--progress-interval", type=float, default=30.0, help="seconds between progress lines")
     args, beam_args = p.parse_known_args(argv)
+    progress = StageProgress([
+        (f"write {args.clips} clips and {args.images} images", 0.0),
+        ("fit semantic-audio codebooks", AUDIO_FIT_S[0] + AUDIO_FIT_S[1] * args.clips * args.seconds),
+        ("fit dual-image codebooks", IMAGE_FIT_S[0] + IMAGE_FIT_S[1] * args.images),
+    ], args.progress_interval)
     with tempfile.TemporaryDirectory() as work:
         media = os.path.join(work, "media")
-        write_fit_media(media, args.clips, args.images, args.seconds, args.seed)
+        with progress.stage(0):
+            write_fit_media(media, args.clips, args.images, args.seconds, args.seed)
         common = ["--input", media, "--seed", str(args.seed), "--iterations", "12", "--float16", *beam_args]
-        audio = fit_tokenizer.run(common + [
-            "--modality", "audio", "--codebook-size", "256", "--acoustic-codebook-size", "128",
-            "--acoustic-stages", "2", "--output", os.path.join(args.output, "semantic_audio")])
-        image = fit_tokenizer.run(common + [
-            "--modality", "image", "--codebook-size", "256", "--output", os.path.join(args.output, "dual_image")])
+        with progress.stage(1):
+            audio = fit_tokenizer.run(common + [
+                "--modality", "audio", "--codebook-size", "256", "--acoustic-codebook-size", "128",
+                "--acoustic-stages", "2", "--output", os.path.join(args.output, "semantic_audio")])
+        with progress.stage(2):
+            image = fit_tokenizer.run(common + [
+                "--modality", "image", "--codebook-size", "256", "--output", os.path.join(args.output, "dual_image")])
     for folder in ("semantic_audio", "dual_image"):  # keep only the model files in the package
-        shutil.rmtree(os.path.join(args.output, folder, "dead_letters"), ignore_errors=True)
-        summary = os.path.join(args.output, folder, "summary.json")
-        if os.path.exists(summary):
-            os.remove(summary)
+        for job_files in ("features", "__manifests", "__dead_letters", "__job"):
+            shutil.rmtree(os.path.join(args.output, folder, job_files), ignore_errors=True)
     return {"audio": audio, "image": image}

@@ -4,8 +4,9 @@ Generates spoken digits and a small command vocabulary offline with espeak-ng (s
 voice variants, speaking rates and pitches, with added noise and gain changes), trains a small
 multi-look-ahead cache-aware FastConformer CTC model with a SentencePiece vocabulary on CPU within
 a time budget, reports the WER on voice variants never used in training, offline and streaming,
-and writes the model as a NeMo-format ``.nemo`` archive (default: the embedded model under
-``operators/assets/``). Needs ``espeak-ng`` (``apt-get install -y espeak-ng``).
+and writes the model as a NeMo-format ``.nemo`` archive (default: ``out/train-asr/asr_default.nemo``;
+the shipped embedded model under ``operators/assets/`` is replaced only with ``--install-as-default``).
+Needs ``espeak-ng`` (``apt-get install -y espeak-ng``).
 """
 
 import argparse
@@ -16,6 +17,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import shutil
 import subprocess
 import time
 from typing import List, Optional, Sequence, Tuple
@@ -24,14 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from operators.asr.config import EncoderConfig, ModelConfig
+from operators.asr.model import FastConformerASR
 from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo, read_nemo_archive, save_nemo
-from operators.asr.streaming import (
-    EncoderConfig,
-    FastConformerASR,
-    ModelConfig,
-    SentencePieceVocabulary,
-    StreamingASR,
-)
+from operators.asr.streaming import StreamingASR
+from operators.asr.vocabulary import SentencePieceVocabulary
 from pipelines.common import ConfigError
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -236,10 +235,32 @@ def evaluate(operator: StreamingASR, audio: Sequence[np.ndarray], texts: Sequenc
     return word_error_rate(texts, offline), word_error_rate(texts, streaming), offline == streaming
 
 
+DEFAULT_OUTPUT = os.path.join("out", "train-asr", "asr_default.nemo")
+
+
+def output_paths(output: str, install_as_default: bool) -> List[str]:
+    """Where the trained model goes: ``output``, then the shipped model when asked to replace it.
+
+    The shipped model is never overwritten by accident: ``--output`` naming it needs the flag too.
+
+    Raises:
+        ConfigError: ``output`` is the shipped embedded model and ``install_as_default`` is false.
+    """
+    shipped = os.path.realpath(EMBEDDED_MODEL)
+    if os.path.realpath(output) == shipped and not install_as_default:
+        raise ConfigError(
+            f"--output {output!r} is the shipped embedded model; add --install-as-default to replace it, "
+            "or choose another --output"
+        )
+    return [output] + ([EMBEDDED_MODEL] if install_as_default and os.path.realpath(output) != shipped else [])
+
+
 def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     """Generates data, trains, evaluates on held-out voices and writes the ``.nemo`` model."""
     parser = argparse.ArgumentParser(prog="mediabeam train-asr", description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default=EMBEDDED_MODEL, help="where to write the .nemo model")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"where to write the .nemo model ({DEFAULT_OUTPUT})")
+    parser.add_argument("--install-as-default", action="store_true",
+                        help="also replace the shipped embedded model operators/assets/asr_default.nemo")
     parser.add_argument("--num-train", type=int, default=6000, help="training utterances")
     parser.add_argument("--num-test", type=int, default=300, help="held-out-voice test utterances")
     parser.add_argument("--train-minutes", type=float, default=20.0, help="training time budget")
@@ -257,6 +278,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
                         help="continue training a .nemo model made by this job (keeps its tokenizer and shape)")
     parser.add_argument("--report", default=None, help="optional JSON report path")
     args = parser.parse_args(argv)
+    targets = output_paths(args.output, args.install_as_default)
     if subprocess.run(["which", "espeak-ng"], capture_output=True).returncode != 0:
         raise ConfigError("espeak-ng is not installed; run `apt-get install -y espeak-ng` first")
     torch.manual_seed(args.seed)
@@ -295,6 +317,11 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     steps = train(model, features, targets, args.train_minutes, args.batch_frames, args.seed, args.lr)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     save_nemo(args.output, model, tokenizer_model=tokenizer_bytes, weight_dtype=torch.float16)
+    for target in targets[1:]:
+        temporary = f"{target}.tmp-{os.getpid()}"
+        shutil.copyfile(args.output, temporary)
+        os.replace(temporary, target)
+        print(f"replaced the shipped embedded model {target}")
     shipped = load_nemo(args.output)
     report = {"parameters": params, "train_steps": steps, "train_minutes": args.train_minutes,
               "init_from": args.init_from, "train_utterances": len(train_set),

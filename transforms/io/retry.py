@@ -1,11 +1,11 @@
 """Retrying dead letters alone: find them in a finished output, keep only their records.
 
-A batch job that writes ``dead_letters/<stem>.parquet`` (``DEAD_LETTER_SCHEMA``) and a
-manifest per input shard can re-run just the failed records: :func:`dead_letter_keys` lists
-them per source shard, the job re-reads those shards and :class:`KeepKeys` drops every
-record that did not fail, :class:`LoadCorpusRows` loads the rows the previous run kept, and
-the job's writer rewrites each shard with both, so ``inputs = rows + dead letters`` still
-holds per shard.
+A job writing through ``ShardSink`` can re-run just the failed records of finished shards:
+:func:`dead_letter_keys` lists them per source shard, the job re-reads those shards and
+:class:`KeepKeys` drops every record whose key did not fail, :class:`LoadKeptRows` reloads the
+rows the previous run kept (minus any row sharing a retried key: a hostile shard may repeat a
+key, and every record with that key is read again), and the sink rewrites each shard with both,
+so ``records = rows + dead letters`` still holds per shard.
 """
 
 from typing import Any, Dict, Iterator, List, Set
@@ -14,26 +14,27 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.corpus import CorpusRow
+from schemas.tables import TableSpec
 from transforms.errors import count
-from transforms.io.write_shards import corpus_rows, shard_stem
+from transforms.io.layout import join
+from transforms.io.sink import read_manifest
+from transforms.io.writers import read_dead_letters_jsonl
 
 STAGE = "RetryDeadLetters"
 
 
 def dead_letter_keys(output_dir: str, sources: List[str]) -> Dict[str, Set[str]]:
-    """Keys of the dead letters under ``output_dir/dead_letters`` per source shard, for the
-    given sources only (shards with no dead letters are left out)."""
-    wanted = set(sources)
+    """Keys of the dead letters of each finished source among ``sources`` (shards with no
+    dead letters, or not finished, are left out)."""
     keys: Dict[str, Set[str]] = {}
-    pattern = FileSystems.join(output_dir, "dead_letters", "*.parquet")
-    for result in FileSystems.match([pattern]):
-        for meta in result.metadata_list:
-            with FileSystems.open(meta.path) as f:
-                table = pq.read_table(f, columns=["key", "source"])
-            for key, source in zip(table.column("key").to_pylist(), table.column("source").to_pylist()):
-                if source in wanted:
-                    keys.setdefault(source, set()).add(key)
+    for source in sources:
+        manifest = read_manifest(output_dir, source)
+        if manifest is None or not manifest.get("dead_letter_file"):
+            continue
+        with FileSystems.open(join(output_dir, manifest["dead_letter_file"])) as f:
+            found = {d.key for d in read_dead_letters_jsonl(f.read()) if d.source == source}
+        if found:
+            keys[source] = found
     return keys
 
 
@@ -54,22 +55,30 @@ class KeepKeys(beam.DoFn):
             yield record
 
 
-class LoadCorpusRows(beam.DoFn):
-    """Loads the corpus rows an earlier run wrote for a source shard (all its Parquet parts),
-    so a retry can write the shard again with the kept rows plus the retried ones.
+class LoadKeptRows(beam.DoFn):
+    """Loads the rows an earlier run wrote for a source shard (the Parquet parts its manifest
+    lists), except rows whose key is retried, so a retry can write the shard again with the
+    kept rows plus the retried ones.
 
     Args:
         output_dir: Root of the earlier run's output.
+        spec: The output table (its Parquet parts are read back with ``spec.from_table``).
+        retried: Source shard to the keys being retried.
     """
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, spec: TableSpec, retried: Dict[str, Set[str]]):
         self._out = output_dir
+        self._spec = spec
+        self._retried = {source: frozenset(k) for source, k in retried.items()}
 
-    def process(self, source: str) -> Iterator[CorpusRow]:
-        pattern = FileSystems.join(self._out, "corpus", f"{shard_stem(source)}-*.parquet")
-        for result in FileSystems.match([pattern]):
-            for meta in sorted(result.metadata_list, key=lambda m: m.path):
-                with FileSystems.open(meta.path) as f:
-                    rows = corpus_rows(pq.read_table(f))
-                count(STAGE, "kept_rows", len(rows))
-                yield from rows
+    def process(self, source: str) -> Iterator[Any]:
+        manifest = read_manifest(self._out, source)
+        if manifest is None:
+            return
+        skip = self._retried.get(source, frozenset())
+        prefix = self._spec.name + "/"
+        for rel in sorted(f for f in manifest["files"] if f.startswith(prefix) and f.endswith(".parquet")):
+            with FileSystems.open(join(self._out, rel)) as f:
+                rows = [r for r in self._spec.from_table(pq.read_table(f)) if r.key not in skip]
+            count(STAGE, "kept_rows", len(rows))
+            yield from rows

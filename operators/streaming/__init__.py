@@ -1,0 +1,1 @@
+"""Streaming contracts shared by the live operators: the engine interface and per-stream ordering."""

@@ -1,0 +1,263 @@
+"""The receiving side of live sources: TCP listeners and recording tailers (no Beam).
+
+A *poller* is a process-wide object, created on the worker on first use and looked up by its
+``SourceSpec`` (sockets cannot be part of a Beam restriction). Background threads decode
+frames (``schemas.live.FrameDecoder``, which checks every field) into one queue that the
+source's ``process`` call drains.
+
+Budgets (``schemas.budgets.Budgets``) held here:
+
+* ``live_frame_bytes``: a larger frame is skipped by the decoder and reported.
+* ``live_queued_bytes``: payload bytes waiting in the queue. When full, reader threads wait
+  (back-pressure: a TCP client's ``send`` blocks once the socket buffers fill; a tailer reads
+  on later), so one fast client cannot grow the server's memory. Nothing is dropped.
+* ``live_streams``: concurrent streams of the source; frames of a new stream beyond it are
+  refused with an error event naming the budget (``operators.streaming.admission``).
+"""
+
+import collections
+import glob
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple
+
+from operators.streaming.admission import StreamAdmission
+from schemas.budgets import DEFAULT_BUDGETS, Budgets
+from schemas.common import DeadLetter
+from schemas.live import RECORDING_SUFFIX, Frame, FrameDecoder, LiveChunk
+
+STAGE = "LiveSource"
+ERROR_BYTES = 256  # what a queued error item counts for in live_queued_bytes
+
+
+class SourceSpec(NamedTuple):
+    """What to read.
+
+    Attributes:
+        kind: ``"tcp"`` (listen for clients) or ``"tail"`` (recordings in a file or folder).
+        address: ``HOST:PORT`` for tcp; a ``.mbl`` file or a folder of them for tail.
+        budgets: Untrusted-input budgets (``live_frame_bytes``, ``live_queued_bytes``, ``live_streams``).
+        idle_seconds: A stream with no frame for this long no longer counts as open.
+        max_idle_seconds: Stop after this long without a frame (0: never).
+        stop_after_seconds: Stop after this long in total (0: never).
+        poll_seconds: Longest wait for frames in one ``process`` call.
+        drain_seconds: After a stop condition, keep delivering for this long before finishing
+            (downstream idle-stream timers fire and events reach the clients).
+    """
+
+    kind: str
+    address: str
+    budgets: Budgets = DEFAULT_BUDGETS
+    idle_seconds: float = 30.0
+    max_idle_seconds: float = 0.0
+    stop_after_seconds: float = 0.0
+    poll_seconds: float = 0.2
+    drain_seconds: float = 0.0
+
+
+def _split_address(address: str) -> Tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+class Poller:
+    """Collects chunks and framing errors from background threads into one byte-bounded queue."""
+
+    def __init__(self, spec: SourceSpec):
+        self.spec = spec
+        self.started = time.time()
+        self.last_item = self.started
+        self.stopping_since: Optional[float] = None
+        self.closed = False
+        self._items: Deque[Tuple[Any, int]] = collections.deque()
+        self._bytes = 0
+        self._ready = threading.Condition()
+        self._admission = StreamAdmission(spec.budgets.live_streams, spec.idle_seconds)
+
+    def put_frames(self, decoded: List[Any], source: str) -> None:
+        """Queues decoded frames and errors of ``source``, waiting while the queue is full."""
+        for item in decoded:
+            now = time.time()
+            error = item
+            if isinstance(item, Frame):
+                error = self._admission.admit(item.stream_id, item.eos, now)
+                if error is None:
+                    self._put(LiveChunk(item.stream_id, item.seq, item.eos, item.kind, item.sample_rate,
+                                        item.payload, now, source), len(item.payload))
+                    continue
+            key = f"{item.stream_id}#{item.seq}" if item.stream_id else f"{source}#{item.seq}"
+            self._put(DeadLetter(key, source, STAGE, type(error).__name__, str(error)), ERROR_BYTES)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Payload bytes waiting in the queue now (at most ``live_queued_bytes`` once readers wait)."""
+        return self._bytes
+
+    def _put(self, item: Any, nbytes: int) -> None:
+        limit = self.spec.budgets.live_queued_bytes
+        with self._ready:
+            while self._bytes and self._bytes + nbytes > limit and not self.closed:
+                self._ready.wait(0.2)
+            self._items.append((item, nbytes))
+            self._bytes += nbytes
+            self._ready.notify_all()
+
+    def drain(self, timeout: float, linger: float = 0.003) -> List[Any]:
+        """Everything queued, waiting up to ``timeout`` for the first item and then ``linger``
+        seconds more, so that frames arriving together are delivered (and batched) together."""
+        with self._ready:
+            if not self._items and not self._ready.wait_for(lambda: bool(self._items), timeout):
+                return []
+        time.sleep(linger)
+        with self._ready:
+            items = [item for item, _ in self._items]
+            self._items.clear()
+            self._bytes = 0
+            self._ready.notify_all()
+        self.last_item = time.time()
+        return items
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class TcpListener(Poller):
+    """Accepts clients on ``HOST:PORT``; one reader thread per connection.
+
+    Connection ids are ``tcp://HOST:PORT/N``; ``reply(conn_id, line)`` writes an event line back.
+    """
+
+    def __init__(self, spec: SourceSpec):
+        super().__init__(spec)
+        host, port = _split_address(spec.address)
+        self.server = socket.create_server((host, port), reuse_port=False)
+        self.server.settimeout(0.2)
+        self.host, self.port = self.server.getsockname()[:2]
+        self._conns: Dict[str, socket.socket] = {}
+        self._lock = threading.Lock()
+        self._next = 0
+        print(f"mediabeam live: listening on {self.host}:{self.port}", file=sys.stderr, flush=True)
+        threading.Thread(target=self._accept_loop, name="mediabeam-live-accept", daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                conn_id = f"tcp://{self.host}:{self.port}/{self._next}"
+                self._next += 1
+                self._conns[conn_id] = conn
+            threading.Thread(target=self._read_loop, args=(conn, conn_id), daemon=True).start()
+
+    def _read_loop(self, conn: socket.socket, conn_id: str) -> None:
+        decoder = FrameDecoder(self.spec.budgets.live_frame_bytes)
+        conn.settimeout(0.2)
+        while not self.closed:
+            try:
+                data = conn.recv(1 << 16)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            self.put_frames(decoder.feed(data), conn_id)
+            if decoder.broken:
+                break
+        if decoder.broken:
+            self._drop(conn_id)
+
+    def _drop(self, conn_id: str) -> None:
+        with self._lock:
+            conn = self._conns.pop(conn_id, None)
+        if conn is not None:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+    def reply(self, conn_id: str, line: str) -> bool:
+        """Sends one event line to a connection; False if it is gone."""
+        with self._lock:
+            conn = self._conns.get(conn_id)
+            if conn is None:
+                return False
+            try:
+                conn.sendall(line.encode("utf-8") + b"\n")
+                return True
+            except OSError:
+                return False
+
+    def close(self) -> None:
+        super().close()
+        self.server.close()
+        for conn_id in list(self._conns):
+            self._drop(conn_id)
+
+
+class RecordingTailer(Poller):
+    """Reads recordings (``.mbl``) in a file or folder, and whatever is appended to them."""
+
+    def __init__(self, spec: SourceSpec):
+        super().__init__(spec)
+        self._decoders: Dict[str, FrameDecoder] = {}
+        self._offsets: Dict[str, int] = {}
+        threading.Thread(target=self._tail_loop, name="mediabeam-live-tail", daemon=True).start()
+
+    def _paths(self) -> List[str]:
+        path = self.spec.address
+        if os.path.isdir(path):
+            return sorted(glob.glob(os.path.join(path, f"*{RECORDING_SUFFIX}")))
+        return [path] if os.path.exists(path) else []
+
+    def _tail_loop(self) -> None:
+        while not self.closed:
+            for path in self._paths():
+                offset = self._offsets.get(path, 0)
+                if os.path.getsize(path) <= offset:
+                    continue
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read(1 << 20)
+                self._offsets[path] = offset + len(data)
+                decoder = self._decoders.setdefault(path, FrameDecoder(self.spec.budgets.live_frame_bytes))
+                self.put_frames(decoder.feed(data), f"file://{os.path.abspath(path)}")
+            time.sleep(self.spec.poll_seconds)
+
+
+_POLLERS: Dict[SourceSpec, Poller] = {}
+_POLLERS_LOCK = threading.Lock()
+
+
+def poller_for(spec: SourceSpec) -> Poller:
+    """The process-wide poller of ``spec``, started on first use."""
+    with _POLLERS_LOCK:
+        poller = _POLLERS.get(spec)
+        if poller is None or poller.closed:
+            poller = TcpListener(spec) if spec.kind == "tcp" else RecordingTailer(spec)
+            _POLLERS[spec] = poller
+        return poller
+
+
+def close_pollers() -> None:
+    """Closes every poller of this process (listening sockets, connections, tailers)."""
+    with _POLLERS_LOCK:
+        for poller in _POLLERS.values():
+            poller.close()
+
+
+def listener_for_connection(conn_id: str) -> Optional[TcpListener]:
+    """The live listener that owns connection ``tcp://HOST:PORT/N`` in this process, if any."""
+    with _POLLERS_LOCK:
+        for poller in _POLLERS.values():
+            if isinstance(poller, TcpListener) and conn_id.startswith(f"tcp://{poller.host}:{poller.port}/"):
+                return poller
+    return None
