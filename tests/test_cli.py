@@ -36,6 +36,7 @@ def test_unknown_flag_exits_2_with_the_nearest_flag(tmp_path, capsys, flags, hin
 
 def test_beam_flags_pass_through_without_a_complaint(tmp_path):
     job = importlib.import_module("pipelines.build_corpus").BuildCorpus()
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
     _, rest, _ = job.parse(["--input", str(tmp_path), "--output", str(tmp_path / "o"),
                             "--direct_running_mode=multi_processing", "--direct_num_workers", "2"])
     assert rest == ["--direct_running_mode=multi_processing", "--direct_num_workers", "2"]
