@@ -2,9 +2,11 @@
 
 Prints, then emits one JSON line with:
 - the JPEG tokenizer alone (images/s, one process) vs the whole build-corpus job (images/s,
-  start-up, Parquet writing and the HTML report included) in process and with 2 workers, and
-  their ratios. The three are run in turn ``--repeats`` times and each keeps its best run, so
-  a burst of load from other processes does not land on one side only;
+  start-up, Parquet writing and the HTML report included) in process, in process with the
+  training exports (``--export megatron,parquet --seq-len 4096``: shuffle, packing, a second
+  pipeline), and with 2 workers, and their ratios. The four are run in turn ``--repeats``
+  times and each keeps its best run, so a burst of load from other processes does not land on
+  one side only;
 - ffmpeg decoding the same audio/video straight to null vs the job tokenizing them
   (media seconds per wall second).
 
@@ -58,9 +60,10 @@ def write_shards(directory: str, stem: str, payloads: list, ext: str, per_shard:
     return paths
 
 
-def time_job(shards: list, out: str, tokenizer: str, workers: int) -> float:
+def time_job(shards: list, out: str, tokenizer: str, workers: int, extra: tuple = ()) -> tuple:
+    """``(wall seconds, summary)`` of one build-corpus run."""
     shutil.rmtree(out, ignore_errors=True)
-    argv = ["--input", *shards, "--output", out, "--tokenizer", tokenizer]
+    argv = ["--input", *shards, "--output", out, "--tokenizer", tokenizer, *extra]
     if workers > 1:
         argv += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
     start = time.perf_counter()
@@ -68,7 +71,7 @@ def time_job(shards: list, out: str, tokenizer: str, workers: int) -> float:
         summary = build_corpus.run(argv)
     wall = time.perf_counter() - start
     assert summary["dead_letters"] == 0, summary
-    return wall
+    return wall, summary
 
 
 def ffmpeg_null(payloads: list, ext: str, workdir: str) -> float:
@@ -104,31 +107,39 @@ def main() -> None:
     audio_shards = write_shards(f"{args.workdir}/in", "aud", audios, "wav", 12)
 
     tokenizer = build_tokenizer("jpeg")
-    raw_s, job1_s, job2_s = [], [], []
+    exports = ("--export", "megatron,parquet", "--seq-len", "4096")
+    raw_s, job1_s, jobx_s, job2_s = [], [], [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
         for payload in images:
             tokenizer.encode(payload)
         raw_s.append(time.perf_counter() - start)
-        job1_s.append(time_job(image_shards, f"{args.workdir}/o1", "jpeg", 1))
-        job2_s.append(time_job(image_shards, f"{args.workdir}/o2", "jpeg", 2))
-    raw, job1, job2 = (args.images / min(t) for t in (raw_s, job1_s, job2_s))
+        job1_s.append(time_job(image_shards, f"{args.workdir}/o1", "jpeg", 1)[0])
+        wall, exported = time_job(image_shards, f"{args.workdir}/ox", "jpeg", 1, exports)
+        jobx_s.append(wall)
+        job2_s.append(time_job(image_shards, f"{args.workdir}/o2", "jpeg", 2)[0])
+    raw, job1, jobx, job2 = (args.images / min(t) for t in (raw_s, job1_s, jobx_s, job2_s))
 
     video_s = sum(probe(v)["duration"] for v in videos)
     audio_s = sum(decode_audio(a, 16000).size / 16000 for a in audios)
     video_null = ffmpeg_null(videos, "mp4", args.workdir)
     audio_null = ffmpeg_null(audios, "wav", args.workdir)
-    video_job = time_job(video_shards, f"{args.workdir}/ov", "avc", 1)
-    audio_job = time_job(audio_shards, f"{args.workdir}/oa", "opus", 1)
+    video_job = time_job(video_shards, f"{args.workdir}/ov", "avc", 1)[0]
+    audio_job = time_job(audio_shards, f"{args.workdir}/oa", "opus", 1)[0]
 
     result = {
         "images": args.images,
         "repeats": args.repeats,
         "jpeg_tokenizer_alone_img_s": round(raw, 1),
         "job_1_worker_img_s": round(job1, 1),
+        "job_with_exports_img_s": round(jobx, 1),
         "job_2_workers_img_s": round(job2, 1),
         "ratio_job1_vs_tokenizer": round(job1 / raw, 3),
+        "ratio_job_exports_vs_tokenizer": round(jobx / raw, 3),
         "ratio_job2_vs_tokenizer": round(job2 / raw, 3),
+        "export_wall_s": exported["export"]["wall_s"],
+        "export_sequences": exported["export"]["sequences"],
+        "export_padding_fraction": exported["export"]["padding_fraction"],
         "video_ffmpeg_null_x_realtime": round(video_s / video_null, 1),
         "video_job_avc_x_realtime": round(video_s / video_job, 1),
         "audio_ffmpeg_null_x_realtime": round(audio_s / audio_null, 1),
@@ -137,6 +148,9 @@ def main() -> None:
     }
     print(f"JPEG tokenizer alone   : {raw:8.1f} images/s")
     print(f"build-corpus, 1 worker : {job1:8.1f} images/s  ({job1 / raw:.2f}x)")
+    print(f"build-corpus + exports : {jobx:8.1f} images/s  ({jobx / raw:.2f}x; export step "
+          f"{result['export_wall_s']} s, {result['export_sequences']} sequences, "
+          f"{result['export_padding_fraction']:.1%} padding)")
     print(f"build-corpus, 2 workers: {job2:8.1f} images/s  ({job2 / raw:.2f}x)")
     print(f"video: ffmpeg->null {result['video_ffmpeg_null_x_realtime']}x RT, job(avc) {result['video_job_avc_x_realtime']}x RT")
     print(f"audio: ffmpeg->null {result['audio_ffmpeg_null_x_realtime']}x RT, job(opus) {result['audio_job_opus_x_realtime']}x RT")

@@ -44,16 +44,14 @@ from operators.asr.model import random_model
 from operators.asr.nemo_checkpoint import EMBEDDED_MODEL
 from operators.asr.streaming import StreamingASR
 from operators.asr.vocabulary import CharVocabulary
-from operators.tokenizers.base import first_member
-from operators.tokenizers.registry import DEFAULT_TOKENIZER_FOR_MODALITY, build_tokenizer
 from pipelines import build_corpus
 from pipelines.operability import query_metrics
 from pipelines.tools.make_samples import write_sample_shards
 from schemas.asr import AudioItem
 from transforms.asr import ASRModelHandler
 from transforms.bucketing import BucketedRunInference, MeasurePadding, PreBatchedModelHandler
+from transforms.corpus.documents import DocumentModelHandler, document_result
 from transforms.io.read_shards import ReadShardFn
-from transforms.tokenize import MODALITY_ORDER, tokenize_sample
 
 RATE = 16_000
 LABELS = list(" abcdefghijklmnopqrstuvwxyz'")
@@ -85,34 +83,35 @@ def corpus_run(shards, out: str, flags) -> dict:
     return summary
 
 
-def tokenize_shards(shards) -> float:
-    """Reads and tokenizes shards with the job's own code, no Beam; returns the seconds taken
-    (imports and tokenizer construction excluded)."""
-    tokenizers = {modality: build_tokenizer(name) for modality, name in DEFAULT_TOKENIZER_FOR_MODALITY.items()}
+def build_documents_without_beam(shards) -> float:
+    """Reads shards and builds their documents with the job's own code and configuration (its
+    default flags parsed and validated, its ``DocumentModelHandler``'s builder: every tokenizer
+    and the vocabulary), no Beam; returns the seconds taken (imports and tokenizer
+    construction excluded)."""
+    args, _, _ = build_corpus.BuildCorpus().parse(["--input", *shards, "--output", os.devnull])
+    builder = DocumentModelHandler(args.tokenizers, args.text_tokenizer, args.vocabulary, args.template_spec,
+                                   args.filters).load_model()
     reader = ReadShardFn()
     start = time.perf_counter()
     for shard in shards:
         for sample in reader.process(shard):
-            if isinstance(sample, TaggedOutput):
-                continue
-            modality = next((m for m in MODALITY_ORDER if m in tokenizers and first_member(sample.members, m)), None)
-            if modality is not None:
-                tokenize_sample(tokenizers[modality], sample)
+            if not isinstance(sample, TaggedOutput):
+                document_result(builder, sample)
     return time.perf_counter() - start
 
 
 def workload_ceiling(shards) -> dict:
-    """How much faster two plain processes tokenize than one on this machine, without Beam.
+    """How much faster two plain processes build documents than one on this machine, without Beam.
 
-    Two halves of ``shards`` are tokenized one after the other in one process, then at the
+    Two halves of ``shards`` are built one after the other in one process, then at the
     same time in two processes. The ratio bounds what any runner can get from 2 workers on
     this workload here: with one process, its ffmpeg children already use a little of the
     second core, and two processes share the machine's caches and any other load.
     """
     halves = [shards[0::2], shards[1::2]]
     with multiprocessing.get_context("spawn").Pool(2) as pool:  # both processes start (and import) now
-        alone = [pool.apply(tokenize_shards, (half,)) for half in halves]
-        together = pool.map(tokenize_shards, halves, chunksize=1)
+        alone = [pool.apply(build_documents_without_beam, (half,)) for half in halves]
+        together = pool.map(build_documents_without_beam, halves, chunksize=1)
     return {"shards": len(shards), "one_process_s": round(sum(alone), 2), "two_processes_s": round(max(together), 2),
             "speedup": round(sum(alone) / max(together), 3)}
 
@@ -122,7 +121,7 @@ def bench_corpus_workers(workdir: str, num_shards: int, per_shard: int, repeats:
                                samples_per_shard=per_shard, seed=11)
     shards = sorted(info["shards"])
     ceiling = workload_ceiling(shards[:ceiling_shards])
-    print(f"  tokenization without Beam, {ceiling['shards']} shards: one process {ceiling['one_process_s']}s, "
+    print(f"  documents built without Beam, {ceiling['shards']} shards: one process {ceiling['one_process_s']}s, "
           f"two processes {ceiling['two_processes_s']}s = {ceiling['speedup']}x (this machine's ceiling for "
           f"2 workers; load {os.getloadavg()[0]:.1f})", flush=True)
     modes = {
@@ -262,7 +261,7 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="runs per corpus mode (best kept)")
     parser.add_argument("--ceiling-shards", type=int, default=16,
-                        help="shards tokenized without Beam by one vs two processes (the machine's ceiling)")
+                        help="shards built into documents without Beam by one vs two processes (the machine's ceiling)")
     parser.add_argument("--asr-repeats", type=int, default=1, help="runs per batching mode (best kept)")
     parser.add_argument("--workdir", default="/tmp/bench_scale")
     args = parser.parse_args()

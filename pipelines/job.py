@@ -32,6 +32,7 @@ after :meth:`Job.validate`, so a mistake fails in well under a second.
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -52,13 +53,13 @@ class Retry(NamedTuple):
         keys: Shard → keys of its dead letters; only these records are processed again.
         records: Shard → records its manifest counts (the base adds these as the shard's
             ``ShardStats``; a job's ``build`` emits stats for whole shards only).
-        filtered: Shard → its manifest's ``filtered_by_reason`` (the base carries these
-            counts over, so the shard's accounting still holds after the retry).
+        filtered: Shard → the records its earlier run filtered (the base writes them again,
+            so the shard's accounting still holds after the retry).
     """
 
     keys: Mapping[str, FrozenSet[str]]
     records: Mapping[str, int]
-    filtered: Mapping[str, Mapping[str, int]] = {}
+    filtered: Mapping[str, Sequence[Any]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.keys)
@@ -86,7 +87,7 @@ class Job:
     Subclasses set :attr:`name` and :attr:`description` and override the hooks
     :meth:`add_arguments`, :meth:`validate`, :meth:`build` and :meth:`table_spec` (and
     optionally :meth:`writers`, :meth:`summary_extras`, :meth:`inputs`, :meth:`needs_run`,
-    :meth:`after_run`).
+    :meth:`after_pipeline`, :meth:`after_run`).
     """
 
     name = ""
@@ -168,6 +169,11 @@ class Job:
         """Job-specific totals added to ``summary.json`` (e.g. tokens per modality)."""
         return {}
 
+    def after_pipeline(self, args: argparse.Namespace, options: Any, sources: List[str]) -> Dict[str, Any]:
+        """Runs after the job's pipeline, before ``summary.json`` is written (e.g. build-corpus's
+        export pipeline over the finished documents); returns fields for the summary."""
+        return {}
+
     def after_run(self, args: argparse.Namespace, summary: Dict[str, Any]) -> None:
         """Called after the summary is written (e.g. to print where a model went)."""
 
@@ -235,6 +241,7 @@ class Job:
         """
         quiet_beam_warnings()
         args, rest = split_args(self.parser(), argv)
+        args.command = shlex.join(["mediabeam", self.name, *(sys.argv[1:] if argv is None else argv)])
         check_common(args, rest)
         self.validate(args)
         return args, rest, self.inputs(args)
@@ -256,6 +263,7 @@ class Job:
         if self.needs_run(args, todo, retry):
             metrics, wall = self._execute(args, options, todo, retry, test_pipeline)
         summary = self.summarize(args, sources, [*todo, *retry.sources], retry, wall, metrics)
+        summary.update(self.after_pipeline(args, options, sources))
         self.finish(args, summary, metrics)
         return summary
 
@@ -273,7 +281,7 @@ class Job:
             keys = job_output.dead_letter_keys(args.output, sorted(manifests))
             retry = Retry({s: frozenset(k) for s, k in sorted(keys.items())},
                           {s: int(manifests[s]["records"]) for s in keys},
-                          {s: dict(manifests[s].get("filtered_by_reason") or {}) for s in keys})
+                          job_output.filtered_records(args.output, sorted(keys)))
         print(f"{self.name}: {len(sources) - len(todo)} of {len(sources)} shards already done"
               + (f"; retrying {sum(map(len, retry.keys.values()))} dead letters of {len(retry.keys)} shards"
                  if args.retry_dead_letters else ""), file=sys.stderr)
@@ -313,10 +321,9 @@ class Job:
 
     def _with_retried_shards(self, pipeline, outputs: Dict[str, Any], retry: Retry, args: argparse.Namespace):
         """Adds what the retried shards keep from their earlier run: their rows, their read
-        counts and their filtered counts, so each is written whole again and adds up."""
+        counts and their filtered records, so each is written whole again and adds up."""
         import apache_beam as beam
 
-        from schemas.common import Filtered
         from transforms.io.read_shards import ShardStats
 
         kept = self.reload_kept_rows(pipeline, retry, args)
@@ -324,9 +331,7 @@ class Job:
         retried_stats = pipeline | "RetriedShardRecords" >> beam.Create(
             [ShardStats(s, n) for s, n in sorted(retry.records.items())])
         outputs["stats"] = (outputs["stats"], retried_stats) | "WithRetriedStats" >> beam.Flatten()
-        kept_filtered = [Filtered(f"{source}#filtered-{i}", source, reason)  # the sink only counts them
-                         for source, reasons in sorted(retry.filtered.items())
-                         for reason, n in sorted(reasons.items()) for i in range(int(n))]
+        kept_filtered = [record for _, records in sorted(retry.filtered.items()) for record in records]
         if kept_filtered:
             carried = pipeline | "KeptFiltered" >> beam.Create(kept_filtered)
             parts = (outputs["filtered"], carried) if "filtered" in outputs else (carried,)

@@ -28,6 +28,11 @@ def dead_letter_keys(output_dir: str, sources: Sequence[str]) -> Dict[str, Set[s
     return _retry.dead_letter_keys(output_dir, list(sources))
 
 
+def filtered_records(output_dir: str, sources: Sequence[str]) -> Dict[str, List[Any]]:
+    """The filtered records (``schemas.common.Filtered``) of the finished ``sources``, per source."""
+    return _retry.filtered_records(output_dir, list(sources))
+
+
 def read_dead_letters(manifests: Sequence[Dict[str, Any]], output_dir: str) -> List[Dict[str, str]]:
     """Every dead letter of the shards of ``manifests``, as dicts."""
     rows: List[Dict[str, str]] = []

@@ -227,6 +227,14 @@ def _bar_plot(values: Dict[str, float], xlabel: str, title: str, color: str) -> 
     return _svg(title, xlabel, body)
 
 
+_COUNT_PLOTS = (
+    ("tokens_by_modality", "tokens", "Tokens by modality", "#4878a8"),
+    ("documents_by_template", "documents", "Documents by template", "#55a868"),
+    ("filtered_by_reason", "samples", "Filtered by reason (not errors)", "#937860"),
+)
+"""Summary counters drawn as bars when a job reports them: (field, x label, title, colour)."""
+
+
 def per_sample_throughput(throughput: Dict[str, Any]) -> Dict[str, float]:
     """Stages that count samples (or inferences), with their rate; shard-counting stages left out."""
     return {stage: t["per_s"] for stage, t in throughput.items() if stage not in SHARD_STAGES}
@@ -242,6 +250,9 @@ def _plots(stats: Dict[str, Any]) -> Dict[str, str]:
                                     "Throughput per stage (samples)", "#4878a8")
     plots["dead_letters"] = _bar_plot(stats["dead_letters_by_reason"], "dead letters",
                                       "Dead letters by stage and reason", "#c44e52")
+    for field, xlabel, title, color in _COUNT_PLOTS:
+        if stats["run"].get(field):
+            plots[field] = _bar_plot(stats["run"][field], xlabel, title, color)
     return plots
 
 

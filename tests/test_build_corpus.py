@@ -44,13 +44,13 @@ def read_dead_letters(out):
 def test_every_hostile_sample_is_a_row_or_a_dead_letter(hostile, tmp_path):
     out = str(tmp_path / "out")
     summary = build_corpus.run(["--input", *hostile["shards"], "--output", out, "--batch-size", "4"])
-    rows = read_table(f"{out}/corpus/*.parquet")
+    rows = read_table(f"{out}/documents/*.parquet")
     dead = read_dead_letters(out)
     outcome = {r["key"]: "row" for r in rows}
     for d in dead:
         assert d["key"] not in outcome, f"{d['key']} is both a row and a dead letter"
         outcome[d["key"]] = "dead_letter"
-        assert d["message"] and d["stage"] in ("ReadShards", "RouteByModality", "Tokenize")
+        assert d["message"] and d["stage"] in ("ReadShards", "Tokenize")
     assert outcome == hostile["expected"]
     assert summary["records"] == sum(hostile["shards"].values())
     assert summary["records"] == summary["rows"] + summary["dead_letters"]
@@ -61,19 +61,16 @@ def test_every_hostile_sample_is_a_row_or_a_dead_letter(hostile, tmp_path):
 
 
 def assert_common_readers_see_only_the_product(out, rows):
-    """pyarrow.dataset(out) and DuckDB's out/**/*.parquet read exactly the product rows, and
-    Hugging Face datasets' rule (skip hidden entries and folders starting with "__") leaves
-    nothing but product Parquet files."""
+    """pyarrow.dataset(out), DuckDB's out/**/*.parquet and Hugging Face ``datasets.load_dataset(out)``
+    read exactly the documents: the vocabulary, dead letters, manifests and exports stay out of sight."""
+    import datasets
     import duckdb
     import pyarrow.dataset as ds
 
     assert ds.dataset(out).to_table().num_rows == rows
     assert duckdb.sql(f"SELECT count(*) FROM '{out}/**/*.parquet'").fetchall()[0][0] == rows
-    seen_by_datasets = [
-        os.path.relpath(os.path.join(d, f), out) for d, _, files in os.walk(out) for f in files
-        if not any(part.startswith((".", "__")) for part in os.path.relpath(os.path.join(d, f), out).split(os.sep))
-    ]
-    assert seen_by_datasets and all(f.startswith("corpus" + os.sep) and f.endswith(".parquet") for f in seen_by_datasets)
+    loaded = datasets.load_dataset(out, cache_dir=os.path.join(out, "..", "hf-cache"))
+    assert list(loaded) == ["train"] and loaded["train"].num_rows == rows and "tokens" in loaded["train"].column_names
 
 
 def test_graph_outputs_with_assert_that(samples, tmp_path):
@@ -85,9 +82,17 @@ def test_graph_outputs_with_assert_that(samples, tmp_path):
         keys = out["rows"] | "RowKeys" >> beam.Map(lambda r: r.key)
         assert_that(keys, equal_to(images), label="ImageRows")
         counts = job.write(out, args) | "Counts" >> beam.Map(
-            lambda m: m["rows"] + m["dead_letters"] == m["records"]
+            lambda m: (m["rows"] + m["dead_letters"] + m["filtered"] == m["records"], m["filtered_by_reason"])
         )
-        assert_that(counts, equal_to([True, True]), label="Accounting")
+        # with only a JPEG tokenizer, samples with video or audio members are filtered, with the reason
+        reasons = {"video": "no video tokenizer in use", "audio-mp4": "no video tokenizer in use",
+                   "garbage.mp4": "no video tokenizer in use", "audio": "no audio tokenizer in use",
+                   "garbage.wav": "no audio tokenizer in use"}
+        expected = []
+        for shard in ("s000000", "s000001"):
+            found = [reasons[kind] for key, kind in samples["kinds"].items() if shard in key and kind in reasons]
+            expected.append((True, {r: found.count(r) for r in sorted(set(found))}))
+        assert_that(counts, equal_to(expected), label="Accounting")
 
 
 def test_tokens_are_identical_across_runs_and_formats(samples, tmp_path):
@@ -98,11 +103,12 @@ def test_tokens_are_identical_across_runs_and_formats(samples, tmp_path):
             ["--input", *samples["shards"], "--output", out, "--rows-per-shard", "2", "--format", "parquet,webdataset"]
         )
         outs.append(out)
-    first = read_table(f"{outs[0]}/corpus/*.parquet")
-    second = read_table(f"{outs[1]}/corpus/*.parquet")
+    first = read_table(f"{outs[0]}/documents/*.parquet")
+    second = read_table(f"{outs[1]}/documents/*.parquet")
     assert first == second and first
-    assert all(len(pq.read_table(f)) <= 2 for f in glob.glob(f"{outs[0]}/corpus/*.parquet"))
-    wds = sorted(glob.glob(f"{outs[0]}/__webdataset/corpus/*.tar"))
+    assert all(len(pq.read_table(f)) <= 2 for f in glob.glob(f"{outs[0]}/documents/*.parquet"))
+    assert open(f"{outs[0]}/__vocab.json", "rb").read() == open(f"{outs[1]}/__vocab.json", "rb").read()
+    wds = sorted(glob.glob(f"{outs[0]}/__webdataset/documents/*.tar"))
     assert [open(f, "rb").read() for f in wds] == [
         open(f.replace(outs[0], outs[1]), "rb").read() for f in wds
     ]
@@ -114,13 +120,16 @@ def test_tokens_are_identical_across_runs_and_formats(samples, tmp_path):
     assert tokens.reshape(-1).tolist() == row["tokens"]
 
 
-def test_jpeg_rows_decode_back_to_images(samples, tmp_path):
+def test_jpeg_documents_decode_back_to_images(samples, tmp_path):
+    from operators.corpus.vocabulary import Vocabulary
     from operators.tokenizers.registry import build_tokenizer
 
     out = str(tmp_path / "o")
     build_corpus.run(["--input", *samples["shards"], "--output", out, "--tokenizer", "jpeg"])
-    rows = read_table(f"{out}/corpus/*.parquet")
-    image = build_tokenizer("jpeg").decode(np.array(rows[0]["tokens"]))
+    rows = read_table(f"{out}/documents/*.parquet")
+    vocab = Vocabulary.from_json(json.load(open(f"{out}/__vocab.json")))
+    (kind, tokens), = [p for p in vocab.split(np.array(rows[0]["tokens"])) if p[0] == "image"]
+    image = build_tokenizer("jpeg").decode(tokens)
     assert image.size == (256, 256)
 
 
@@ -176,6 +185,8 @@ def test_no_temporary_files_are_left(samples, tmp_path):
         (["--tokenizer", "semantic-audio", "--tokenizer-option", "semantic-audio.encoder_path=/no/such.pt"],
          "cannot load the model"),
         (["--tokenizer", "dual-image", "--tokenizer-option", "dual-image.model_dir=/"], "cannot load the model"),
+        (["--template", "caption-then-smell"], "not a file; use auto, one of"),
+        (["--text-tokenizer", "/no/tokenizer.json"], "not a readable Hugging Face tokenizer.json"),
     ],
 )
 def test_bad_configuration_fails_before_the_pipeline(samples, tmp_path, flags, message):

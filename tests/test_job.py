@@ -34,12 +34,22 @@ SIZE_TABLE = TableSpec(
 )
 
 
-def size_or_fail(sample, fail_prefix):
-    """One row per sample with its payload size; keys starting with ``fail_prefix`` fail."""
+def beam_tagged(tag, value):
+    import apache_beam as beam
+
+    return beam.pvalue.TaggedOutput(tag, value)
+
+
+def size_or_fail(sample, fail_prefix, skip_suffix):
+    """One row per sample with its payload size; keys starting with ``fail_prefix`` fail, keys
+    ending with ``skip_suffix`` are filtered."""
+    from schemas.common import Filtered
     from transforms.errors import dead_letter
 
     if fail_prefix and sample.key.startswith(fail_prefix):
         yield dead_letter(sample.key, sample.source, "Size", ValueError("told to fail"))
+    elif skip_suffix and sample.key.endswith(skip_suffix):
+        yield beam_tagged("filtered", Filtered(sample.key, sample.source, "told to skip"))
     else:
         yield SizeRow(sample.key, sample.source, sum(len(v) for v in sample.members.values()))
 
@@ -51,6 +61,7 @@ class SizeJob(Job):
 
     def add_arguments(self, parser):
         parser.add_argument("--fail-prefix", default="", help="keys that fail on purpose")
+        parser.add_argument("--skip-suffix", default="", help="keys filtered on purpose")
 
     def validate(self, args):
         if args.fail_prefix.startswith("-"):
@@ -63,10 +74,10 @@ class SizeJob(Job):
         import apache_beam as beam
 
         read = self.read_media(pipeline, sources, args, retry)
-        sized = read.samples | "Size" >> beam.FlatMap(size_or_fail, args.fail_prefix).with_outputs(
-            "dead_letters", main="rows")
+        sized = read.samples | "Size" >> beam.FlatMap(size_or_fail, args.fail_prefix, args.skip_suffix).with_outputs(
+            "dead_letters", "filtered", main="rows")
         dead = (read.dead_letters, sized.dead_letters) | "Dead" >> beam.Flatten()
-        return {"rows": sized.rows, "dead_letters": dead, "stats": read.stats}
+        return {"rows": sized.rows, "dead_letters": dead, "stats": read.stats, "filtered": sized.filtered}
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +110,18 @@ def test_run_resume_and_retry_lose_nothing(shards, tmp_path):
     SizeJob().run(["--input", *sources, "--output", clean, "--no-report"])
 
     out = str(tmp_path / "out")
-    first = SizeJob().run(["--input", *sources, "--output", out, "--fail-prefix", "s000001", "--no-report"])
+    first = SizeJob().run(["--input", *sources, "--output", out, "--fail-prefix", "s000001", "--no-report",
+                           "--skip-suffix", "-0003"])
     failing = sum(1 for s in shards["kinds"] if s.startswith("s000001"))
+    skipped = sorted(k for k in shards["kinds"] if k.endswith("-0003"))
     assert first["dead_letters"] == failing and first["deliberate_dead_letters"] == 0
+    assert first["filtered_by_reason"] == {"told to skip": len(skipped)}
     check_accounting(out, shards["shards"])
 
     # a finished shard loses its manifest (e.g. killed while writing): --resume redoes only it
     os.remove(next(p for p in glob.glob(f"{out}/__manifests/*.json") if "shard-000002" in p))
     resumed = SizeJob().run(["--input", *sources, "--output", out, "--resume", "--fail-prefix", "s000001",
-                             "--no-report"])
+                             "--skip-suffix", "-0003", "--no-report"])
     assert resumed["this_run"]["shards_run"] == 1 and resumed["skipped_by_resume"] == 2
     assert resumed["stage_throughput"]["ShardsRead"]["elements"] == 1
     check_accounting(out, shards["shards"])
@@ -118,11 +132,14 @@ def test_run_resume_and_retry_lose_nothing(shards, tmp_path):
     assert retried["stage_throughput"]["Read"]["elements"] == failing  # only the failures were processed
     assert retried["dead_letters"] == 0
     check_accounting(out, shards["shards"])
-    assert rows(out) == rows(clean)
+    assert rows(out) == sorted(r for r in rows(clean) if not r[1].endswith("-0003"))
+    # the filtered records of the retried shard are written again, with their reasons
+    filtered = [json.loads(line) for f in glob.glob(f"{out}/__filtered/*.jsonl") for line in open(f)]
+    assert sorted(r["key"] for r in filtered) == skipped and {r["reason"] for r in filtered} == {"told to skip"}
 
     # everything done: --resume runs nothing and keeps the whole summary (no zeros)
     again = SizeJob().run(["--input", *sources, "--output", out, "--resume"])
-    assert again["this_run"]["shards_run"] == 0 and again["rows"] == len(rows(clean)) > 0
+    assert again["this_run"]["shards_run"] == 0 and again["rows"] == len(rows(out)) > 0
     assert json.load(open(f"{out}/__job/summary.json"))["rows"] == again["rows"]
     assert os.path.exists(f"{out}/__job/report.html")
 

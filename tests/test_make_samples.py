@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from operators.tokenizers.base import MediaError, modality_of
+from operators.tokenizers.base import MediaError, MissingStream, modality_of
 from operators.tokenizers.registry import DEFAULT_TOKENIZER_FOR_MODALITY, build_tokenizer
 from pipelines.common import ConfigError
 from pipelines.tools import make_samples
@@ -32,6 +32,19 @@ def test_sample_shards_are_deterministic_and_counted(tmp_path):
     assert record["kind"] == "image" and record["caption"].startswith("a synthetic image")
     assert record["deliberately_broken"] is False
     assert sum(first["shards"].values()) == len(first["kinds"])
+
+
+def test_default_set_has_every_kind_and_exact_duplicates(tmp_path):
+    result = make_samples.write_sample_shards(str(tmp_path), 1, 8, seed=0)
+    members = dict(_members(next(iter(result["shards"]))))
+    assert set(result["kinds"].values()) - {"garbage.jpg"} == set(make_samples.SAMPLE_KINDS)
+    (copy, original), = result["duplicates"].items()
+    assert members[f"{copy}.jpg"] == members[f"{original}.jpg"] and members[f"{copy}.txt"] == members[f"{original}.txt"]
+    assert json.loads(members[f"{copy}.json"])["duplicate_of"] == original
+    audio = next(k for k, kind in result["kinds"].items() if kind == "audio")
+    assert json.loads(members[f"{audio}.json"])["transcript"].startswith("a synthetic audio")
+    text = next(k for k, kind in result["kinds"].items() if kind == "text")
+    assert sorted(n for n in members if n.startswith(text)) == [f"{text}.json", f"{text}.txt"]
 
 
 def test_broken_samples_fail_and_good_ones_tokenize(tmp_path):
@@ -75,7 +88,11 @@ def test_hostile_set_outcomes_match_what_it_promises(tmp_path):
         names.append(name)
         if key == "../../x":  # the reader refuses the name; the payload itself is a fine JPEG
             continue
-        if result["expected"][key] == "row":
+        if key == "audio-only-mp4":  # no video stream: documents route it to the audio tokenizer
+            with pytest.raises(MissingStream, match="no video stream"):
+                tokenizers["video"].encode(payload)
+            assert result["expected"][key] == "row" and tokenizers["audio"].encode(payload).tokens.size > 2
+        elif result["expected"][key] == "row":
             assert tokenizers[modality_of(ext)].encode(payload).tokens.size > 2, key
         else:
             with pytest.raises(MediaError):

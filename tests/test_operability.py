@@ -54,13 +54,14 @@ def test_retry_dead_letters_recovers_them_and_keeps_the_accounting(samples, full
     retry = build_corpus.run(["--input", *shards, "--output", out, "--retry-dead-letters", "--no-report"])
     assert retry["retried_dead_letters"] == first["dead_letters"]
     assert retry["recovered_by_retry"] == len(too_big)
-    assert retry["records"] == retry["rows"] + retry["dead_letters"] == sum(samples["shards"].values())
+    assert retry["records"] == retry["rows"] + retry["dead_letters"] + retry["filtered"] == sum(samples["shards"].values())
+    assert retry["filtered_by_reason"] == {"exact duplicate": len(samples["duplicates"])}
     full_out, _ = full_run
-    assert table(f"{out}/corpus/*.parquet") == table(f"{full_out}/corpus/*.parquet")
+    assert table(f"{out}/documents/*.parquet") == table(f"{full_out}/documents/*.parquet")
     assert dead_letters(out) == dead_letters(full_out)
     for path in glob.glob(f"{out}/__manifests/*.json"):
         m = json.load(open(path))
-        assert m["records"] == m["rows"] + m["dead_letters"]
+        assert m["records"] == m["rows"] + m["dead_letters"] + m["filtered"]
 
     again = build_corpus.run(["--input", *shards, "--output", out, "--retry-dead-letters", "--no-report"])
     assert again["recovered_by_retry"] == 0 and again["retried_dead_letters"] == len(samples["broken"])
@@ -72,7 +73,7 @@ def test_retry_also_finishes_unfinished_shards(samples, full_run, tmp_path):
     build_corpus.run(["--input", shards[0], "--output", out, "--no-report"])
     summary = build_corpus.run(["--input", *shards, "--output", out, "--retry-dead-letters", "--no-report"])
     assert summary["this_run"]["shards_run"] == 2 and summary["skipped_by_resume"] == 0
-    assert table(f"{out}/corpus/*.parquet") == table(f"{full_run[0]}/corpus/*.parquet")
+    assert table(f"{out}/documents/*.parquet") == table(f"{full_run[0]}/documents/*.parquet")
 
 
 def test_progress_monitor_reports_done_total_rate_and_eta():
@@ -139,25 +140,31 @@ def test_report_json_matches_the_output(full_run):
     for modality, n in summary["rows_by_modality"].items():
         stats = report["tokens_per_sample"][modality]
         assert stats["count"] == n == sum(stats["histogram"]["counts"])
-    corpus = table(f"{out}/corpus/*.parquet")
+    corpus = table(f"{out}/documents/*.parquet")
     video = [r for r in corpus if r["modality"] == "video"]
     kbps = [r["source_bytes"] * 8 / r["duration_s"] / 1000 for r in video]
     assert report["source_bitrate_kbps"]["video"]["p50"] == pytest.approx(np.percentile(kbps, 50), rel=1e-3)
     assert sum(report["dead_letters_by_reason"].values()) == summary["dead_letters"]
 
 
-def test_report_html_is_self_contained_with_four_plots(full_run):
+def test_report_html_is_self_contained_with_its_plots(full_run):
     out, summary = full_run
     page = open(f"{out}/__job/report.html").read()
     report = json.load(open(f"{out}/__job/report.json"))
     figures = [chunk.split("</figure>", 1)[0] for chunk in page.split("<figure")[1:]]
-    assert len(figures) == 4
+    counted = {"tokens_by_modality", "documents_by_template", "filtered_by_reason"}
+    assert len(figures) == 4 + sum(bool(summary.get(field)) for field in counted)
     plots = {}
     for figure in figures:
         svg = ElementTree.fromstring(figure[figure.index("<svg"):])  # well-formed inline SVG
         assert int(svg.get("width")) > 200 and int(svg.get("height")) > 100
         plots[figure.split('id="plot-', 1)[1].split('"', 1)[0]] = svg
-    assert set(plots) == {"tokens", "bitrate", "throughput", "dead_letters"}
+    assert set(plots) == {"tokens", "bitrate", "throughput", "dead_letters"} | {f for f in counted if summary.get(f)}
+    assert summary["filtered_by_reason"] and summary["documents_by_template"]  # the sample shards have both
+    for field in counted & set(plots):
+        bars = {b.find("title").text.rsplit(": ", 1)[0]: int(b.find("title").text.rsplit(": ", 1)[1].replace(",", ""))
+                for b in plots[field].findall("rect") if b.find("title") is not None}
+        assert bars == summary[field], field
     assert len(plots["tokens"].findall("polygon")) == len(summary["rows_by_modality"])  # one per modality
     bars = [r for r in plots["dead_letters"].findall("rect") if r.find("title") is not None]
     assert sorted(int(b.find("title").text.rsplit(": ", 1)[1]) for b in bars) == sorted(

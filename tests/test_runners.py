@@ -40,10 +40,10 @@ def shards(tmp_path_factory):
 
 def outputs(out: str):
     """Corpus rows and dead letters of an output, sorted, as plain Python values."""
-    corpus = [r for f in sorted(glob.glob(f"{out}/corpus/*.parquet")) for r in pq.read_table(f).to_pylist()]
+    corpus = [r for f in sorted(glob.glob(f"{out}/documents/*.parquet")) for r in pq.read_table(f).to_pylist()]
     dead = [json.loads(line) for f in sorted(glob.glob(f"{out}/__dead_letters/*.jsonl")) for line in open(f)]
     return {name: sorted(rows, key=lambda r: (r["source"], r["key"], r.get("stage", "")))
-            for name, rows in (("corpus", corpus), ("dead_letters", dead))}
+            for name, rows in (("documents", corpus), ("dead_letters", dead))}
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +51,16 @@ def reference(shards, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ref") / "out")
     summary = build_corpus.run(["--input", *shards, "--output", out, "--no-report"])
     found = outputs(out)
-    assert found["corpus"] and found["dead_letters"]
-    assert summary["records"] == len(found["corpus"]) + len(found["dead_letters"])
+    assert found["documents"] and found["dead_letters"]
+    assert summary["records"] == len(found["documents"]) + len(found["dead_letters"])
     return found, summary
 
 
 def _same_outputs(out: str, reference) -> None:
     found = outputs(out)
     expected, _ = reference
-    assert [r["key"] for r in found["corpus"]] == [r["key"] for r in expected["corpus"]]
-    assert found["corpus"] == expected["corpus"]  # tokens, shapes, sizes, hashes
+    assert [r["key"] for r in found["documents"]] == [r["key"] for r in expected["documents"]]
+    assert found["documents"] == expected["documents"]  # tokens, parts, sizes, hashes
     assert found["dead_letters"] == expected["dead_letters"]
 
 
@@ -84,7 +84,7 @@ def test_multi_processing_workers_load_the_plugin_and_skip_torch():
     from pipelines.common import create_pipeline
 
     def _worker_imports(_) -> dict:  # nested: pickled by value, the worker cannot import tests
-        import transforms.tokenize  # noqa: F401  (RunInference, as unpickling the job imports it)
+        import transforms.corpus.documents  # noqa: F401  (RunInference, as unpickling the job imports it)
 
         return {"torch": "torch" in sys.modules, "plugin": "pipelines.worker_plugin" in sys.modules}
 
@@ -97,7 +97,7 @@ def test_multi_processing_workers_load_the_plugin_and_skip_torch():
 
 def test_worker_plugin_defers_torch_until_model_manager_is_used():
     code = (
-        "import sys, pipelines.worker_plugin, transforms.tokenize\n"
+        "import sys, pipelines.worker_plugin, transforms.corpus.documents\n"
         "from apache_beam.ml.inference.base import RunInference\n"
         "assert 'torch' not in sys.modules, 'RunInference imported torch'\n"
         "import apache_beam.ml.inference.base as base\n"

@@ -14,8 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.common import DeadLetter, Filtered
-from schemas.corpus import CorpusRow
-from schemas.tables import CORPUS_TABLE
+from schemas.documents import DOCUMENTS_TABLE, DocumentRow
 from transforms.io.layout import (
     OutputNotWritable,
     check_output_writable,
@@ -29,9 +28,15 @@ from transforms.io.sink import AccountingError, ShardSink, ShardSinkFn, finished
 from transforms.io.writers import NullWriter, ParquetWriter, WebDatasetWriter
 
 
-def row(key, source, n=3):
-    return CorpusRow(key, source, "audio", "wav", "mu", "1", np.arange(n, dtype=np.int32), (n,),
-                     1.0, None, None, None, 16000, 10 * n, "0" * 40)
+AUDIO = (("audio:wav", 3),)
+TRANSCRIBED = (("audio:wav", 3), ("text:txt", 4))
+
+
+def row(key, source, parts=AUDIO):
+    """A document of ``parts`` (``(kind:member, ids)``) with ids ``0, 1, 2 ...`` and 10 input bytes per id."""
+    n = sum(count for _, count in parts)
+    return DocumentRow(key, source, "audio-with-transcript", "audio", np.arange(n, dtype=np.int32),
+                       tuple(p for p, _ in parts), tuple(c for _, c in parts), 1.0, None, None, 10 * n, "0" * 40)
 
 
 def dead(key, source):
@@ -40,7 +45,7 @@ def dead(key, source):
 
 def write(out, source, rows, dead_letters=(), filtered=(), writers=None, records=None):
     """Runs the sink's DoFn on one grouped shard, as the CoGroupByKey would hand it over."""
-    fn = ShardSinkFn(str(out), CORPUS_TABLE, writers or [ParquetWriter(rows_per_file=2)])
+    fn = ShardSinkFn(str(out), DOCUMENTS_TABLE, writers or [ParquetWriter(rows_per_file=2)])
     records = len(rows) + len(dead_letters) + len(filtered) if records is None else records
     grouped = {"rows": list(rows), "dead_letters": list(dead_letters), "filtered": list(filtered),
                "stats": [ShardStats(source, records)]}
@@ -55,23 +60,35 @@ def test_readers_see_exactly_the_product(tmp_path):
     out = tmp_path / "out"
     sources = [str(tmp_path / "a.tar"), str(tmp_path / "b.tar")]
     with TestPipeline(runner=FnApiRunner()) as p:
-        rows = p | "Rows" >> beam.Create([row(f"k{i}", s) for s in sources for i in range(3)])
+        rows = p | "Rows" >> beam.Create([row(f"k{i}", s, parts) for s, parts in zip(sources, [TRANSCRIBED, AUDIO])
+                                          for i in range(3)])
         dl = p | "Dead" >> beam.Create([dead("x", sources[0]), dead("y", sources[1])])
         filtered = p | "Filtered" >> beam.Create([Filtered("z", sources[1], "no audio")])
         stats = p | "Stats" >> beam.Create([ShardStats(sources[0], 4), ShardStats(sources[1], 5)])
         manifests = {"rows": rows, "dead_letters": dl, "stats": stats, "filtered": filtered} | ShardSink(
-            str(out), CORPUS_TABLE, [ParquetWriter(rows_per_file=2), WebDatasetWriter(2)])
+            str(out), DOCUMENTS_TABLE, [ParquetWriter(rows_per_file=2), WebDatasetWriter(2)])
         assert_that(manifests | beam.Map(lambda m: (m["rows"], m["dead_letters"], m["filtered"])),
                     equal_to([(3, 1, 0), (3, 1, 1)]))
     assert ds.dataset(str(out)).to_table().num_rows == 6
     assert duckdb.sql(f"SELECT count(*) FROM '{out}/**/*.parquet'").fetchall()[0][0] == 6
+    tokens = duckdb.sql(f"SELECT sum(num_tokens), sum(len(tokens)) FROM '{out}/**/*.parquet'").fetchall()[0]
+    assert tokens == (3 * 7 + 3 * 3, 3 * 7 + 3 * 3)
     keys = duckdb.sql(f"SELECT key FROM read_json_auto('{out}/__dead_letters/*.jsonl') ORDER BY key").fetchall()
     assert keys == [("x",), ("y",)]
     visible = [f for f in all_files(out) if not f.startswith("__")]
-    assert visible and all(f.startswith("corpus/") and f.endswith(".parquet") for f in visible)
+    assert visible and all(f.startswith("documents/") and f.endswith(".parquet") for f in visible)
+    filtered_back = duckdb.sql(f"SELECT key, reason FROM read_json_auto('{out}/__filtered/*.jsonl')").fetchall()
+    assert filtered_back == [("z", "no audio")]
     manifest = json.load(open(manifest_path(str(out), sources[1])))
     assert manifest["filtered_by_reason"] == {"no audio": 1} and manifest["records"] == 5
+    assert manifest["filtered_file"] in manifest["files"] and manifest["filtered_file"].startswith("__filtered/")
     assert manifest["tokens"] == 9 and manifest["rows_by_modality"] == {"audio": 3}
+    assert manifest["tokens_by_modality"] == {"audio": 9} and manifest["parts_by_kind"] == {"audio": 3}
+    transcribed = json.load(open(manifest_path(str(out), sources[0])))
+    assert transcribed["tokens"] == 21 and transcribed["source_bytes"] == 210
+    assert transcribed["tokens_by_modality"] == {"audio": 9, "text": 12}
+    assert transcribed["parts_by_kind"] == {"audio": 3, "text": 3}
+    assert transcribed["documents_by_template"] == {"audio-with-transcript": 3}
 
 
 def test_accounting_mismatch_raises(tmp_path):
@@ -90,15 +107,15 @@ def test_rewriting_one_shard_never_touches_another_or_user_files(tmp_path):
     a, ab = str(tmp_path / "a.tar"), str(tmp_path / "a-b.tar")
     write(tmp_path, a, [row(f"k{i}", a) for i in range(4)])
     write(tmp_path, ab, [row(f"k{i}", ab) for i in range(4)])
-    mine = tmp_path / "corpus" / f"{output_name(a)}-00099.parquet"
+    mine = tmp_path / "documents" / f"{output_name(a)}-00099.parquet"
     mine.write_bytes(b"a user's own file")
     before = all_files(tmp_path)
     write(tmp_path, a, [row("k0", a)], [dead("k1", a)])  # fewer parts: the old second part goes
     after = all_files(tmp_path)
     gone = sorted(set(before) - set(after))
-    assert gone == [f"corpus/{output_name(a)}-00001.parquet"]
+    assert gone == [f"documents/{output_name(a)}-00001.parquet"]
     assert mine.read_bytes() == b"a user's own file"
-    assert ds.dataset(str(tmp_path / "corpus"), exclude_invalid_files=True).to_table().num_rows == 5
+    assert ds.dataset(str(tmp_path / "documents"), exclude_invalid_files=True).to_table().num_rows == 5
 
 
 def test_crashed_rewrite_is_cleaned_up_by_the_next_one(tmp_path, monkeypatch):
@@ -124,7 +141,7 @@ def test_crashed_rewrite_is_cleaned_up_by_the_next_one(tmp_path, monkeypatch):
     write(tmp_path, source, [row(f"k{i}", source) for i in range(2)])
     files = all_files(tmp_path)
     assert not [f for f in files if ".tmp-" in f or f.endswith(".pending")]
-    assert ds.dataset(str(tmp_path / "corpus")).to_table().num_rows == 2
+    assert ds.dataset(str(tmp_path / "documents")).to_table().num_rows == 2
     assert finished_sources(str(tmp_path), [source]) == {source}
 
 
@@ -135,7 +152,7 @@ def test_tampered_manifest_cannot_delete_other_files(tmp_path):
     victim.write_text("precious")
     path = manifest_path(str(tmp_path), source)
     manifest = json.load(open(path))
-    manifest["files"] += ["../keep.txt", "keep.txt", "corpus/other-00000.parquet"]
+    manifest["files"] += ["../keep.txt", "keep.txt", "documents/other-00000.parquet"]
     open(path, "w").write(json.dumps(manifest))
     write(tmp_path, source, [row("b", source)])
     assert victim.read_text() == "precious"
@@ -153,12 +170,16 @@ def test_damaged_manifest_means_not_done(tmp_path, caplog):
 
 def test_retry_keys_and_kept_rows_skip_every_retried_key(tmp_path):
     source = str(tmp_path / "s.tar")
-    write(tmp_path, source, [row("a", source), row("dup", source), row("b", source)], [dead("dup", source)])
+    write(tmp_path, source, [row("a", source), row("dup", source), row("b", source, TRANSCRIBED)],
+          [dead("dup", source)])
     keys = dead_letter_keys(str(tmp_path), [source])
     assert keys == {source: {"dup"}}
-    kept = list(LoadKeptRows(str(tmp_path), CORPUS_TABLE, keys).process(source))
-    assert sorted(r.key for r in kept) == ["a", "b"]
-    assert kept[0].tokens.tolist() == [0, 1, 2]
+    kept = sorted(LoadKeptRows(str(tmp_path), DOCUMENTS_TABLE, keys).process(source), key=lambda r: r.key)
+    assert [r.key for r in kept] == ["a", "b"]
+    assert kept[0].tokens.tolist() == [0, 1, 2] and kept[0].tokens.dtype == np.int32
+    assert kept[1].tokens.tolist() == list(range(7))
+    assert kept[1].parts == ("audio:wav", "text:txt") and kept[1].part_tokens == (3, 4)
+    assert kept[1] == row("b", source, TRANSCRIBED)._replace(tokens=kept[1].tokens)
 
 
 def test_null_writer_writes_manifest_and_dead_letters_only(tmp_path):

@@ -23,7 +23,7 @@ from operators.media.ffmpeg_io import (
 )
 from operators.media.probe import parse_input_info
 from operators.media.video import decode_video
-from operators.tokenizers.base import MediaError, TokenOutput
+from operators.tokenizers.base import MediaError, MissingStream, TokenOutput
 from operators.tokenizers.byte_tokens import bytes_to_tokens, tokens_to_bytes
 from schemas.budgets import DEFAULT_BUDGETS
 
@@ -63,6 +63,8 @@ class AvcTokenizer:
 
     name = "avc-lm"
     modality = "video"
+    framing = "bytes"
+    """Tokens are ``[BOS, *annexb_bytes, EOS]`` (see ``operators.corpus.vocabulary``)."""
 
     def __init__(
         self,
@@ -112,6 +114,16 @@ class AvcTokenizer:
             "flags": "+bitexact",
         }
 
+    def letterboxed(self, url: str) -> Any:
+        """The ffmpeg video stream of ``url`` as the encoder takes it: resampled to ``fps``,
+        scaled to fit and padded to ``width × height``."""
+        return (
+            ffmpeg_input(url, VIDEO_FORMATS, max_pixels=self.image_pixels)["v:0"]
+            .filter("fps", fps=self.fps)
+            .filter("scale", self.width, self.height, force_original_aspect_ratio="decrease")
+            .filter("pad", self.width, self.height, "(ow-iw)/2", "(oh-ih)/2")
+        )
+
     def to_annexb(self, data: bytes | str) -> Tuple[bytes, Dict[str, Any]]:
         """Encodes a video (bytes or local path) to the canonical Annex-B stream.
 
@@ -123,16 +135,13 @@ class AvcTokenizer:
             MediaError: Empty or undecodable input, or no video stream.
         """
         with media_source(data) as (url, stdin):
-            video = (
-                ffmpeg_input(url, VIDEO_FORMATS, max_pixels=self.image_pixels)["v:0"]
-                .filter("fps", fps=self.fps)
-                .filter("scale", self.width, self.height, force_original_aspect_ratio="decrease")
-                .filter("pad", self.width, self.height, "(ow-iw)/2", "(oh-ih)/2")
-            )
-            output = video.output("pipe:", **self._encoder_options())
+            output = self.letterboxed(url).output("pipe:", **self._encoder_options())
             proc = run_ffmpeg(ffmpeg_args(output, self.ffmpeg_path, stdin is not None, loglevel="info"), stdin)
         if proc.returncode != 0:
             check_pixel_budget(proc.stderr, self.image_pixels)
+            info = parse_input_info(proc.stderr)
+            if info is not None and not info["has_video"]:
+                raise MissingStream(ffmpeg_error(proc.stderr, "video"), info["has_audio"], has_video=False)
             raise MediaError(ffmpeg_error(proc.stderr, "video"))
         if count_frames(proc.stdout) == 0:
             raise MediaError("the video stream decoded to 0 frames")
@@ -144,10 +153,12 @@ class AvcTokenizer:
         Returns:
             ``[BOS, *annexb_bytes, EOS]`` and meta: ``num_frames`` and ``duration_s`` of the
             tokenized clip, the source's ``width``, ``height`` and ``source_duration_s``
-            (``None`` when ffmpeg cannot tell), and ``num_bytes``.
+            (``None`` when ffmpeg cannot tell), ``has_audio`` (the source has a sound track,
+            which these tokens leave out: ``-an``) and ``num_bytes``.
 
         Raises:
-            MediaError: Empty or undecodable input, or no video stream.
+            MediaError: Empty or undecodable input.
+            MissingStream: Valid media without a video stream (``has_audio`` says if it has sound).
         """
         annexb, source = self.to_annexb(data)
         frames = count_frames(annexb)
@@ -157,9 +168,14 @@ class AvcTokenizer:
             "width": source.get("width"),
             "height": source.get("height"),
             "source_duration_s": source.get("duration"),
+            "has_audio": bool(source.get("has_audio")),
             "num_bytes": len(annexb),
         }
         return TokenOutput(bytes_to_tokens(annexb), meta)
+
+    def to_file(self, tokens: np.ndarray) -> bytes:
+        """The H.264 Annex-B elementary stream the tokens hold (any H.264 decoder reads it)."""
+        return tokens_to_bytes(tokens)
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """Decodes tokens back to frames ``[N, height, width, 3]`` uint8 with ffmpeg.

@@ -14,13 +14,28 @@ class MediaError(ValueError):
     """Raised when a media payload is empty, corrupt, too large or otherwise unusable."""
 
 
+class MissingStream(MediaError):
+    """Raised when a payload is valid media without the stream a tokenizer needs (e.g. an
+    audio-only MP4 given to the video tokenizer), so a caller can route it elsewhere.
+
+    Attributes:
+        has_audio: The payload holds an audio stream.
+        has_video: The payload holds a video stream.
+    """
+
+    def __init__(self, message: str, has_audio: bool, has_video: bool):
+        super().__init__(message)
+        self.has_audio = has_audio
+        self.has_video = has_video
+
+
 class TokenOutput(NamedTuple):
     """What a tokenizer returns for one media item.
 
     Attributes:
         tokens: Integer tokens, shape ``[T]`` or ``[T, C]`` (e.g. ``[T, 1 + n_acoustic]``).
         meta: Measurements a user would filter on: ``duration_s``, ``width``, ``height``,
-            ``num_frames``, ``sample_rate``, ``bitrate_bps`` (any subset).
+            ``num_frames``, ``sample_rate``, ``bitrate_bps``, ``rms_dbfs`` (any subset).
     """
 
     tokens: np.ndarray
@@ -46,6 +61,12 @@ class Tokenizer(Protocol):
 
     def decode(self, tokens: np.ndarray) -> Any:
         """Reconstructs media from tokens (image, frames or waveform)."""
+
+
+def rms_dbfs(wave: np.ndarray) -> float:
+    """RMS level of a float waveform in dB relative to full scale (digital silence: -inf)."""
+    power = float(np.mean(np.square(wave, dtype=np.float64))) if np.size(wave) else 0.0
+    return 10 * float(np.log10(power)) if power > 0 else float("-inf")
 
 
 def modality_of(extension: str) -> str | None:

@@ -16,7 +16,6 @@ A model is a folder (``model.json``, ``semantic.npy``, ``pixel.npy``); the defau
 """
 
 import math
-import os
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -27,7 +26,7 @@ from operators.kernels import nearest
 from operators.media.image import decode_image
 from operators.tokenizers.base import TokenOutput
 from operators.tokenizers.encoders import PatchEncoder, encoder_from_spec
-from operators.tokenizers.model_folder import load_array, load_model_info, save_model_folder
+from operators.tokenizers.model_folder import load_array, load_model_info, model_version, save_model_folder
 
 DEFAULT_MODEL_DIR = asset_path("dual_image")
 
@@ -126,7 +125,6 @@ class DualImageTokenizer:
     """
 
     name = "dual-image"
-    version = "1"
     modality = "image"
 
     def __init__(self, model_dir: Optional[str] = None, encoder_path: Optional[str] = None,
@@ -140,6 +138,20 @@ class DualImageTokenizer:
         self.device = device
         self._model: Optional[DualImageModel] = None
         self._joint: Optional[nearest.PackedCodebook] = None
+        self._version: Optional[str] = None
+
+    @property
+    def version(self) -> str:
+        """Content hash of the model folder (and plug-in encoder) plus the distance weights in use."""
+        if self._version is None:
+            weights = "" if self.semantic_weight is None and self.pixel_weight is None else \
+                f"-w{self.semantic_weight}-{self.pixel_weight}"
+            self._version = model_version(self.model_dir, (self.encoder_path,)) + weights
+        return self._version
+
+    def codebook_sizes(self) -> Tuple[int, ...]:
+        """The one shared codebook's size, from ``model.json`` (no weights loaded)."""
+        return (int(load_model_info(self.model_dir, "dual-image", "image")["codebook_size"]),)
 
     @property
     def model(self) -> DualImageModel:

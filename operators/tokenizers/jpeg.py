@@ -36,6 +36,8 @@ class JpegTokenizer:
 
     name = "jpeg-lm"
     modality = "image"
+    framing = "bytes"
+    """Tokens are ``[BOS, *jpeg_bytes, EOS]`` (see ``operators.corpus.vocabulary``)."""
 
     def __init__(
         self,
@@ -101,6 +103,10 @@ class JpegTokenizer:
         if not payload.startswith(_SOI):
             raise MediaError("tokens do not start with the JPEG SOI marker FF D8")
         return _SOI + self.tables[len(_SOI) : -len(_EOI)] + payload[len(_SOI) :]
+
+    def to_file(self, tokens: np.ndarray) -> bytes:
+        """The complete JPEG file the tokens hold (:meth:`to_jpeg`)."""
+        return self.to_jpeg(tokens)
 
     def decode(self, tokens: np.ndarray) -> Image.Image:
         """Reconstructs the RGB image from tokens.

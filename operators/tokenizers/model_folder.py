@@ -6,9 +6,10 @@ atomically: a folder that has one is complete. ``atomic_write`` also serves the 
 codebook files (``operators.tokenizers.codebooks``).
 """
 
+import hashlib
 import json
 import os
-from typing import IO, Any, Callable, Dict, Mapping
+from typing import IO, Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -54,3 +55,27 @@ def load_model_info(directory: str, kind: str, modality: str) -> Dict[str, Any]:
 def load_array(directory: str, name: str) -> np.ndarray:
     """Reads ``<name>.npy`` as float32 (shipped defaults may be stored as float16)."""
     return np.load(os.path.join(directory, f"{name}.npy"), allow_pickle=False).astype(np.float32)
+
+
+def model_version(directory: str, extra_files: Tuple[Optional[str], ...] = ()) -> str:
+    """A version that pins a fitted model: ``1-`` + the first 16 hex digits of a SHA-256 over
+    the folder's ``model.json`` and ``.npy`` files (names and bytes, sorted by name) and any
+    ``extra_files`` (e.g. a plug-in encoder). A user-fitted model and the shipped default
+    therefore record different versions; refitting with the same data and seed gives the same.
+
+    Raises:
+        ValueError: If the folder has no ``model.json``.
+    """
+    if not os.path.isfile(os.path.join(directory, INFO_FILE)):
+        raise ValueError(f"no model at {directory!r} ({INFO_FILE} missing)")
+    digest = hashlib.sha256()
+    names = sorted(n for n in os.listdir(directory) if n == INFO_FILE or n.endswith(".npy"))
+    paths = [(n, os.path.join(directory, n)) for n in names]
+    paths += [(f"extra:{i}", p) for i, p in enumerate(extra_files) if p]
+    for name, path in paths:
+        digest.update(name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return "1-" + digest.hexdigest()[:16]

@@ -26,7 +26,7 @@ import numpy as np
 
 from operators.media.audio import decode_audio
 from operators.media.ffmpeg_io import MediaBudgetExceeded, ffmpeg_args, ffmpeg_error, ffmpeg_input, run_ffmpeg
-from operators.tokenizers.base import MediaError, TokenOutput
+from operators.tokenizers.base import MediaError, TokenOutput, rms_dbfs
 from operators.tokenizers.byte_tokens import bytes_to_tokens, tokens_to_bytes
 from schemas.budgets import DEFAULT_BUDGETS
 
@@ -185,6 +185,8 @@ class OpusTokenizer:
 
     name = "opus"
     modality = "audio"
+    framing = "bytes"
+    """Tokens are ``[BOS, *framing_bytes, EOS]`` (see ``operators.corpus.vocabulary``)."""
 
     def __init__(
         self,
@@ -235,7 +237,8 @@ class OpusTokenizer:
 
         Returns:
             ``[BOS, *framing_bytes, EOS]`` and meta with ``duration_s``, ``sample_rate``,
-            ``bitrate_bps``, ``num_packets`` and ``num_bytes``.
+            ``bitrate_bps``, ``num_packets``, ``num_bytes`` and ``rms_dbfs`` (the level of the
+            decoded signal, for a silence filter).
 
         Raises:
             MediaError: Empty or undecodable input, no audio stream, NaN/inf samples.
@@ -248,6 +251,7 @@ class OpusTokenizer:
             "bitrate_bps": self.bitrate,
             "num_packets": len(unpack_packets(payload)[2]),
             "num_bytes": len(payload),
+            "rms_dbfs": rms_dbfs(waveform),
         }
         return TokenOutput(bytes_to_tokens(payload), meta)
 
@@ -290,6 +294,10 @@ class OpusTokenizer:
             last = index == len(packets) - 1
             pages.append(_ogg_page(packet, min(granule, end) if last else granule, index + 2, 0x04 if last else 0))
         return b"".join(pages)
+
+    def to_file(self, tokens: np.ndarray) -> bytes:
+        """The standard Ogg Opus file the tokens hold (:meth:`to_ogg`)."""
+        return self.to_ogg(tokens)
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """Decodes tokens to a mono float32 waveform at ``sample_rate`` (``num_samples`` long).

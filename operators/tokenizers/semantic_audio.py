@@ -33,9 +33,9 @@ from operators.kernels import nearest, rvq
 from operators.media import kaldi_fbank
 from operators.media.audio import decode_audio
 from operators.media.ffmpeg_io import MediaBudgetExceeded
-from operators.tokenizers.base import MediaError, TokenOutput
+from operators.tokenizers.base import MediaError, TokenOutput, rms_dbfs
 from operators.tokenizers.encoders import PatchEncoder, encoder_from_spec
-from operators.tokenizers.model_folder import load_array, load_model_info, save_model_folder
+from operators.tokenizers.model_folder import load_array, load_model_info, model_version, save_model_folder
 from schemas.budgets import DEFAULT_BUDGETS
 
 SAMPLE_RATE = 16000
@@ -221,7 +221,6 @@ class SemanticAudioTokenizer:
     """
 
     name = "semantic-audio"
-    version = "1"
     modality = "audio"
 
     def __init__(self, model_dir: Optional[str] = None, encoder_path: Optional[str] = None,
@@ -236,6 +235,19 @@ class SemanticAudioTokenizer:
         self.media_seconds = media_seconds
         self.audio_samples = audio_samples
         self._model: Optional[SemanticAudioModel] = None
+        self._version: Optional[str] = None
+
+    @property
+    def version(self) -> str:
+        """Content hash of the model folder (and plug-in encoder): it pins what the tokens mean."""
+        if self._version is None:
+            self._version = model_version(self.model_dir, (self.encoder_path,))
+        return self._version
+
+    def codebook_sizes(self) -> Tuple[int, ...]:
+        """Semantic then acoustic codebook sizes, from ``model.json`` (no weights loaded)."""
+        info = load_model_info(self.model_dir, "semantic-audio", "audio")
+        return tuple(int(k) for k in info["codebook_sizes"])
 
     @property
     def model(self) -> SemanticAudioModel:
@@ -259,7 +271,7 @@ class SemanticAudioTokenizer:
         return TokenOutput(tokens, {
             "duration_s": wave.size / SAMPLE_RATE, "sample_rate": SAMPLE_RATE, "frames": frames,
             "rows_per_s": self.rows_per_second(), "rate": 2 * self.rows_per_second(),
-            "bitrate_bps": self.bitrate_bps(),
+            "bitrate_bps": self.bitrate_bps(), "rms_dbfs": rms_dbfs(wave),
         })
 
     def encode(self, data: bytes) -> TokenOutput:

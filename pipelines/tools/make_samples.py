@@ -3,7 +3,9 @@
 Not a Beam pipeline: a small deterministic generator that ``make demo`` and the tests use.
 Media come from Pillow drawings, ffmpeg's ``lavfi`` test sources (``testsrc``,
 ``testsrc2``, ``smptebars``, ``sine``) and NumPy tones, so the same seed gives
-byte-identical shards. Each sample has a ``.txt`` caption and a ``.json`` record; the last
+byte-identical shards. Samples are captioned images, videos with sound, audio with
+transcripts, audio-only MP4s, text-only samples and exact duplicates; each has a caption
+(``.txt``, or a ``.json`` ``transcript`` field for audio) and a ``.json`` record. The last
 sample of every shard is deliberately broken (garbage bytes named ``.jpg``/``.mp4``/``.wav``
 or a zero-byte member) so a demo run shows dead letters. A broken sample's key starts with
 :data:`DELIBERATELY_BROKEN_PREFIX` and its ``.json`` record says ``"deliberately_broken": true``,
@@ -157,9 +159,9 @@ def synthetic_video(rng: np.random.Generator, with_audio: Optional[bool] = None)
     return _ffmpeg_to_bytes(streams, ".mp4", **options)
 
 
-def audio_only_mp4(duration: float = 1.0) -> bytes:
-    """An MP4 (AAC in ISO-BMFF) with an audio stream and no video stream."""
-    tone = ffmpeg.input(f"sine=frequency=440:duration={duration}", f="lavfi")
+def audio_only_mp4(duration: float = 1.0, frequency: int = 440) -> bytes:
+    """An MP4 (AAC in ISO-BMFF) with an audio stream (a sine tone) and no video stream."""
+    tone = ffmpeg.input(f"sine=frequency={frequency}:duration={duration}", f="lavfi")
     return _ffmpeg_to_bytes([tone], ".mp4", acodec="aac", **{"b:a": "48k"}, movflags="+faststart")
 
 
@@ -179,47 +181,81 @@ def _caption(rng: np.random.Generator, kind: str) -> str:
 
 
 def _sample_members(key: str, kind: str, rng: np.random.Generator, broken: bool) -> List[Member]:
+    """A sample's members: its media, a caption (``.txt``, or the ``.json`` ``transcript`` for
+    audio) and a ``.json`` record."""
+    record: Dict[str, Any] = {"key": key, "kind": kind, "deliberately_broken": broken}
     if kind == "image":
         media = [(f"{key}.jpg", synthetic_image(rng))]
     elif kind == "video":
-        media = [(f"{key}.mp4", synthetic_video(rng))]
-    elif kind == "audio":
-        media = [(f"{key}.wav", synthetic_audio(rng))]
+        media = [(f"{key}.mp4", synthetic_video(rng, with_audio=True))]
+    elif kind in ("audio", "audio-mp4"):
+        duration, frequency = round(float(rng.uniform(1.0, 2.0)), 2), int(rng.integers(200, 2000))
+        media = [(f"{key}.wav", synthetic_audio(rng))] if kind == "audio" else \
+            [(f"{key}.mp4", audio_only_mp4(duration, frequency))]
+    elif kind == "text":
+        media = []
     else:
         payload = b"" if kind.startswith("empty") else rng.bytes(int(rng.integers(64, 2048)))
         media = [(f"{key}.{kind.split('.')[1]}", payload)]
     caption = _caption(rng, kind)
-    record = json.dumps(
-        {"key": key, "kind": kind, "caption": caption, "deliberately_broken": broken}, sort_keys=True
-    ).encode()
-    return media + [(f"{key}.json", record), (f"{key}.txt", caption.encode())]
+    if kind in ("audio", "audio-mp4"):
+        record["transcript"] = caption
+        return media + [(f"{key}.json", json.dumps(record, sort_keys=True).encode())]
+    record["caption"] = caption
+    return media + [(f"{key}.json", json.dumps(record, sort_keys=True).encode()), (f"{key}.txt", caption.encode())]
+
+
+def _duplicate_of(original: List[Member], original_key: str, key: str) -> List[Member]:
+    """An exact duplicate of a sample under another key (same media and caption; the ``.json``
+    record names the new key and the original)."""
+    members = []
+    for name, payload in original:
+        ext = name[len(original_key) + 1 :]
+        if ext == "json":
+            record = {**json.loads(payload), "key": key, "duplicate_of": original_key}
+            payload = json.dumps(record, sort_keys=True).encode()
+        members.append((f"{key}.{ext}", payload))
+    return members
+
+
+SAMPLE_KINDS = ("image", "image", "video", "audio", "duplicate", "audio-mp4", "text", "video")
+"""Sample ``i`` of a shard is ``SAMPLE_KINDS[i % 8]`` (the last sample of a shard is broken)."""
 
 
 def write_sample_shards(
     output: str, num_shards: int = 4, samples_per_shard: int = 8, seed: int = 0
 ) -> Dict[str, Any]:
-    """Writes ``shard-000000.tar`` ... with a mix of images, videos and audio.
+    """Writes ``shard-000000.tar`` ... with captioned images, videos with sound, audio with
+    transcripts, audio-only MP4s, text-only samples and exact duplicates.
 
-    Sample ``i`` of a shard is an image, image, video or audio clip by ``i % 4``; the last
-    sample of each shard (when a shard has at least two) is broken, cycling through
-    garbage ``.jpg``, garbage ``.mp4``, garbage ``.wav`` and a zero-byte ``.jpg``; its key is
+    Sample ``i`` of a shard is of kind :data:`SAMPLE_KINDS` ``[i % 8]``; a ``duplicate`` is an
+    exact copy (media and caption) of the shard's first sample under a new key. The last
+    sample of each shard (when a shard has at least two) is broken, cycling through garbage
+    ``.jpg``, garbage ``.mp4``, garbage ``.wav`` and a zero-byte ``.jpg``; its key is
     ``broken-s<shard>-<index>`` (see :data:`DELIBERATELY_BROKEN_PREFIX`).
 
     Returns:
         ``{"shards": {path: num_samples}, "kinds": {key: kind}, "broken": [keys],
-        "bytes": total_bytes}``.
+        "duplicates": {key: key of the original}, "bytes": total_bytes}``.
     """
     os.makedirs(output, exist_ok=True)
-    kinds_cycle = ("image", "image", "video", "audio")
-    result: Dict[str, Any] = {"shards": {}, "kinds": {}, "broken": [], "bytes": 0}
+    result: Dict[str, Any] = {"shards": {}, "kinds": {}, "broken": [], "duplicates": {}, "bytes": 0}
     for shard in range(num_shards):
         rng = np.random.default_rng([seed, shard])
         members: List[Member] = []
+        first: Optional[Tuple[str, List[Member]]] = None
         for index in range(samples_per_shard):
             broken = samples_per_shard >= 2 and index == samples_per_shard - 1
             key = f"{DELIBERATELY_BROKEN_PREFIX if broken else ''}s{shard:06d}-{index:04d}"
-            kind = _BROKEN_KINDS[shard % len(_BROKEN_KINDS)] if broken else kinds_cycle[index % 4]
-            members.extend(_sample_members(key, kind, rng, broken))
+            kind = _BROKEN_KINDS[shard % len(_BROKEN_KINDS)] if broken else SAMPLE_KINDS[index % len(SAMPLE_KINDS)]
+            if kind == "duplicate" and first is not None:
+                sample = _duplicate_of(first[1], first[0], key)
+                result["duplicates"][key] = first[0]
+            else:
+                kind = "image" if kind == "duplicate" else kind
+                sample = _sample_members(key, kind, rng, broken)
+            first = first or (key, sample)
+            members.extend(sample)
             result["kinds"][key] = kind
             if broken:
                 result["broken"].append(key)
@@ -262,7 +298,7 @@ def write_hostile_shards(directory: str, seed: int = 0) -> Dict[str, Any]:
         ("../../x", "jpg", synthetic_image(rng), "dead_letter", "member name escapes with ../"),
         ("bomb-png", "png", bomb_png(), "dead_letter", "PNG declaring 30000x30000 pixels"),
         ("nan-audio", "wav", float_wav_bytes(nan_audio, 16000), "dead_letter", "float WAV with NaN samples"),
-        ("audio-only-mp4", "mp4", audio_only_mp4(), "dead_letter", "MP4 with no video stream"),
+        ("audio-only-mp4", "mp4", audio_only_mp4(), "row", "MP4 with no video stream: an audio document"),
     ]
     result: Dict[str, Any] = {"shards": {}, "expected": {}, "reasons": {}}
     clean = os.path.join(directory, "hostile-000000.tar")
@@ -273,7 +309,8 @@ def write_hostile_shards(directory: str, seed: int = 0) -> Dict[str, Any]:
         result["reasons"][key] = reason
 
     truncated = os.path.join(directory, "hostile-000001.tar")
-    cut = [("trunc-a", "jpg", synthetic_image(rng)), ("trunc-b", "wav", wav_bytes(tone, 16000)),
+    other_tone = np.sin(2 * np.pi * 660 * np.arange(16000) / 16000) * 0.5  # not a duplicate of good-audio
+    cut = [("trunc-a", "jpg", synthetic_image(rng)), ("trunc-b", "wav", wav_bytes(other_tone, 16000)),
            ("trunc-c", "jpg", synthetic_image(rng))]
     write_tar(truncated, [(f"{key}.{ext}", payload) for key, ext, payload in cut])
     with tarfile.open(truncated) as tar:

@@ -31,6 +31,7 @@ from transforms.io.sources import is_remote
 
 MANIFEST_DIR = "__manifests"
 DEAD_LETTER_DIR = "__dead_letters"
+FILTERED_DIR = "__filtered"
 WEBDATASET_DIR = "__webdataset"
 JOB_DIR = "__job"
 """For the job layer: run-level files (summary, report, progress) that are not product."""
@@ -83,6 +84,11 @@ def dead_letter_file(source: str) -> str:
     return f"{DEAD_LETTER_DIR}/{output_name(source)}.jsonl"
 
 
+def filtered_file(source: str) -> str:
+    """The file listing the records of ``source`` a job left out on purpose, relative to the output folder."""
+    return f"{FILTERED_DIR}/{output_name(source)}.jsonl"
+
+
 def part_file(folder: str, name: str, part: int, extension: str) -> str:
     """A product part, relative to the output folder: ``<folder>/<name>-<part:05d>.<ext>``."""
     return f"{folder}/{name}-{part:05d}.{extension}"
@@ -93,7 +99,7 @@ def owned_file_pattern(name: str) -> "re.Pattern[str]":
     manifest is deleted only if it matches (a tampered manifest cannot delete other files)."""
     n = re.escape(name)
     return re.compile(
-        rf"^(?:(?:{WEBDATASET_DIR}/)?[a-z][a-z0-9_]*/{n}-\d{{5,}}\.(?:parquet|tar)|{DEAD_LETTER_DIR}/{n}\.jsonl)$"
+        rf"^(?:(?:{WEBDATASET_DIR}/)?[a-z][a-z0-9_]*/{n}-\d{{5,}}\.(?:parquet|tar)|(?:{DEAD_LETTER_DIR}|{FILTERED_DIR})/{n}\.jsonl)$"
     )
 
 

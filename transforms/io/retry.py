@@ -8,34 +8,49 @@ key, and every record with that key is read again), and the sink rewrites each s
 so ``records = rows + dead letters`` still holds per shard.
 """
 
-from typing import Any, Dict, Iterator, List, Set
+from typing import Any, Callable, Dict, Iterator, List, Set
 
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.common import Filtered
 from schemas.tables import TableSpec
 from transforms.errors import count
 from transforms.io.layout import join
 from transforms.io.sink import read_manifest
-from transforms.io.writers import read_dead_letters_jsonl
+from transforms.io.writers import read_dead_letters_jsonl, read_filtered_jsonl
 
 STAGE = "RetryDeadLetters"
+
+
+def _shard_records(output_dir: str, sources: List[str], file_field: str,
+                   read: Callable[[bytes], List[Any]]) -> Dict[str, List[Any]]:
+    """The records (dead letters or filtered) of each finished source among ``sources``, read
+    from the file its manifest names under ``file_field``; sources with none are left out."""
+    found: Dict[str, List[Any]] = {}
+    for source in sources:
+        manifest = read_manifest(output_dir, source)
+        if manifest is None or not manifest.get(file_field):
+            continue
+        with FileSystems.open(join(output_dir, manifest[file_field])) as f:
+            records = [r for r in read(f.read()) if r.source == source]
+        if records:
+            found[source] = records
+    return found
 
 
 def dead_letter_keys(output_dir: str, sources: List[str]) -> Dict[str, Set[str]]:
     """Keys of the dead letters of each finished source among ``sources`` (shards with no
     dead letters, or not finished, are left out)."""
-    keys: Dict[str, Set[str]] = {}
-    for source in sources:
-        manifest = read_manifest(output_dir, source)
-        if manifest is None or not manifest.get("dead_letter_file"):
-            continue
-        with FileSystems.open(join(output_dir, manifest["dead_letter_file"])) as f:
-            found = {d.key for d in read_dead_letters_jsonl(f.read()) if d.source == source}
-        if found:
-            keys[source] = found
-    return keys
+    dead = _shard_records(output_dir, sources, "dead_letter_file", read_dead_letters_jsonl)
+    return {source: {d.key for d in records} for source, records in dead.items()}
+
+
+def filtered_records(output_dir: str, sources: List[str]) -> Dict[str, List[Filtered]]:
+    """The filtered records an earlier run wrote for each finished source among ``sources``
+    (a retry writes them again unchanged, so the shard's accounting still holds)."""
+    return _shard_records(output_dir, sources, "filtered_file", read_filtered_jsonl)
 
 
 class KeepKeys(beam.DoFn):

@@ -3,7 +3,7 @@
 Apply to ``{"rows": ..., "dead_letters": ..., "stats": ...[, "filtered": ...]}``: everything is
 grouped by source shard (one ``CoGroupByKey``), each shard is checked (records read = rows +
 dead letters + filtered, else :class:`AccountingError`) and written: product parts, then the
-dead letters, then the manifest that marks the shard done for ``--resume``. Files go where
+dead letters and the filtered records (each with its reason), then the manifest that marks the shard done for ``--resume``. Files go where
 ``transforms.io.layout`` says, each one written under a hidden temporary name and renamed.
 
 Rewriting a shard (rerun, resume after a crash, dead-letter retry) first records every file
@@ -27,6 +27,7 @@ from transforms.io.layout import (
     MANIFEST_DIR,
     dead_letter_file,
     delete_if_present,
+    filtered_file,
     join,
     list_names,
     manifest_path,
@@ -37,7 +38,7 @@ from transforms.io.layout import (
     write_atomic,
 )
 from transforms.io.read_shards import ShardStats
-from transforms.io.writers import ParquetWriter, PartWriter, dead_letters_jsonl
+from transforms.io.writers import ParquetWriter, PartWriter, records_jsonl
 
 STAGE = "WriteShards"
 _LOG = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class ShardSinkFn(beam.DoFn):
         source, grouped = element
         rows = sorted(grouped["rows"], key=self._spec.sort_key)
         dead = sorted_dead_letters(grouped["dead_letters"])
-        filtered = list(grouped.get("filtered", ()))
+        filtered = sorted(grouped.get("filtered", ()), key=lambda f: (f.key, f.reason))
         expected = records_read(grouped["stats"])
         if len(rows) + len(dead) + len(filtered) != expected:
             raise AccountingError(
@@ -149,7 +150,8 @@ class ShardSinkFn(beam.DoFn):
         name = output_name(source)
         parts = [(rel, chunk, w) for w in self._writers for rel, chunk in w.parts(self._spec, name, rows)]
         dead_rel = dead_letter_file(source) if dead else None
-        new = [rel for rel, _, _ in parts] + ([dead_rel] if dead_rel else [])
+        filtered_rel = filtered_file(source) if filtered else None
+        new = [rel for rel, _, _ in parts] + [rel for rel in (dead_rel, filtered_rel) if rel]
         old = previous_files(self._out, source)
         manifest_file, pending_file = manifest_path(self._out, source), pending_path(self._out, source)
         write_atomic(pending_file, json.dumps({"source": source, "files": sorted(old | set(new))}).encode())
@@ -160,10 +162,11 @@ class ShardSinkFn(beam.DoFn):
             data = writer.encode(self._spec, chunk)
             write_atomic(join(self._out, rel), data)
             written += len(data)
-        if dead_rel:
-            data = dead_letters_jsonl(dead)
-            write_atomic(join(self._out, dead_rel), data)
-            written += len(data)
+        for rel, records in ((dead_rel, dead), (filtered_rel, filtered)):
+            if rel:
+                data = records_jsonl(records)
+                write_atomic(join(self._out, rel), data)
+                written += len(data)
         delete_if_present([join(self._out, f) for f in sorted(old - set(new))])
         manifest = {
             "source": source,
@@ -179,6 +182,7 @@ class ShardSinkFn(beam.DoFn):
             **self._spec.manifest_fields(rows),
             "files": new,
             "dead_letter_file": dead_rel,
+            "filtered_file": filtered_rel,
             "bytes_written": written,
         }
         write_atomic(manifest_file, json.dumps(manifest, indent=1, sort_keys=True).encode())

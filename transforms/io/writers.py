@@ -8,12 +8,12 @@ resumed runs write identical files.
 import io
 import json
 import tarfile
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, NamedTuple, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.common import DeadLetter
+from schemas.common import DeadLetter, Filtered
 from schemas.tables import TableSpec
 from transforms.io.layout import WEBDATASET_DIR, part_file
 
@@ -29,18 +29,23 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def dead_letters_jsonl(dead: Sequence[DeadLetter]) -> bytes:
-    """Dead letters as JSON Lines: one object with the ``DeadLetter`` fields per line.
+def records_jsonl(records: Sequence[NamedTuple]) -> bytes:
+    """Dead letters or filtered records as JSON Lines: one object with the record's fields per line.
 
     Strings that are not valid Unicode (lone surrogates from undecodable file names) are
     written as JSON ``\\udcXX`` escapes, so the file is always valid UTF-8.
     """
-    return b"".join(json.dumps(d._asdict(), sort_keys=True).encode("ascii") + b"\n" for d in dead)
+    return b"".join(json.dumps(r._asdict(), sort_keys=True).encode("ascii") + b"\n" for r in records)
 
 
 def read_dead_letters_jsonl(data: bytes) -> List[DeadLetter]:
-    """The inverse of :func:`dead_letters_jsonl`."""
+    """The inverse of :func:`records_jsonl` for dead letters."""
     return [DeadLetter(**json.loads(line)) for line in data.splitlines() if line.strip()]
+
+
+def read_filtered_jsonl(data: bytes) -> List[Filtered]:
+    """The inverse of :func:`records_jsonl` for filtered records."""
+    return [Filtered(**json.loads(line)) for line in data.splitlines() if line.strip()]
 
 
 class PartWriter:
