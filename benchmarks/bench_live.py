@@ -1,58 +1,74 @@
-"""Live ASR latency and concurrency over loopback TCP (one run, bounded in time).
+"""Live ASR latency over loopback TCP and WebSocket, at 1, 8, 32 and 128 streams (one bounded run).
 
-Starts ``mediabeam live-asr --reply`` (FnApiRunner, in a subprocess) once per model, then
-for 1, 8 and 32 concurrent real-time streams (``--levels``) sends 1.12 s PCM chunks
-(``[70, 13]``), each stream starting at a random phase, and measures per partial event the
-latency from the moment the chunk's last sample was sent to the moment the event arrives
-back at the client. One chunk completes one model step, so every chunk has one event.
+Starts ``mediabeam live-asr --reply --ws-port`` (FnApiRunner, in a subprocess; the embedded model
+with endpointing on) once per configuration. Per level, N clients stream in real time, each
+starting at a random phase, a conversation of two espeak-ng utterances each followed by a
+1.6 s pause (quiet noise), in ``--piece-seconds`` s16 pieces: over TCP (``mediabeam send``'s
+framing) and over WebSocket (the browser protocol), one transport after the other. Measured on
+the client, per event:
 
-Reports p50/p95/p99 per level and the largest level whose p95 stays under one chunk duration
-(real time sustained; past the last level the count is doubled while it keeps up, and the
-gap between the last level that keeps up and the first that does not is bisected twice), for
-the default model (the embedded one; random weights of its shape
-if it is missing) and the large random-weight configuration (17 layers, d 512, 8 heads).
-Prints one JSON line at the end.
+* **partial**: from sending the piece whose last sample completed a model step to receiving
+  that step's ``partial`` (the event's ``seq`` names the piece);
+* **final**: likewise for an utterance's ``final`` (from the piece that completed the step in
+  which the endpoint rule fired);
+* **speech end → final**: from sending the utterance's last speech sample to its ``final``.
+  This includes the endpoint rule's trailing silence (``--endpoint-silence``) and the wait for
+  the rest of the model chunk, by design: it is what a user waits for.
 
-    .venv/bin/python benchmarks/bench_live.py [--levels 1,8,32] [--chunks 5] [--skip-large]
+Prints p50/p95/p99 per transport and level, and one JSON line at the end.
 
-The live job runs with its defaults (1 PyTorch thread, 1 shard) on this machine's cores,
-shared with the benchmark's client threads.
+    .venv/bin/python benchmarks/bench_live.py [--levels 1,8,32,128] [--att-context 70,13]
+        [--endpoint-silence 1.2] [--piece-seconds 0.16] [--transports tcp,ws] [--num-shards 1]
+
+Needs espeak-ng. The live job runs with its defaults (1 PyTorch thread, 1 shard) on this
+machine's cores, shared with the benchmark's clients.
 """
 
 import argparse
+import asyncio
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, save_nemo
-from operators.asr.stream_engine import random_live_asr
 from pipelines.tools.send import audio_frames, connect
+from pipelines.tools.train_asr import synthesize
 from schemas.live import encode_frame
 
-CHUNK_SECONDS = 1.12
 RATE = 16000
+PHRASES = ["one two three", "stop", "seven eight", "four five", "open", "nine", "left right", "six zero"]
+PAUSE_S = 1.6
 
 
-def _start_pipeline(model: str, log_path: str):
-    """Starts the live job on a free port; returns (process, port)."""
-    log = open(log_path, "w")
-    cmd = [sys.executable, "-m", "pipelines.cli", "live-asr", "--model", model, "--port", "0", "--reply",
-           "--output", os.devnull, "--idle-timeout", "15", "--max-idle-seconds", "6", "--stop-after", "900"]
-    proc = subprocess.Popen(cmd, stderr=log, stdout=subprocess.DEVNULL)
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_pipeline(args, log_path: str) -> Tuple[subprocess.Popen, int, int]:
+    """Starts the live job; returns (process, tcp port, ws port)."""
+    ws_port = _free_port()
+    cmd = [sys.executable, "-m", "pipelines.cli", "live-asr", "--port", "0", "--ws-port", str(ws_port), "--reply",
+           "--output", os.devnull, "--idle-timeout", "15", "--max-idle-seconds", "8", "--stop-after", "1500",
+           "--att-context", args.att_context, "--endpoint-silence", str(args.endpoint_silence),
+           "--num-shards", str(args.num_shards)]
+    proc = subprocess.Popen(cmd, stderr=open(log_path, "w"), stdout=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline:
         with open(log_path) as handle:
-            for line in handle:
-                if "listening on" in line:
-                    return proc, int(line.rsplit(":", 1)[1])
+            lines = handle.read().splitlines()
+        tcp = [line for line in lines if "listening on" in line]
+        if tcp and any("WebSocket on" in line for line in lines):
+            return proc, int(tcp[0].rsplit(":", 1)[1]), ws_port
         if proc.poll() is not None:
             raise RuntimeError(f"live-asr exited: {open(log_path).read()[-2000:]}")
         time.sleep(0.2)
@@ -60,12 +76,50 @@ def _start_pipeline(model: str, log_path: str):
     raise RuntimeError("live-asr did not start listening within 180 s")
 
 
-def _stream(port: int, sid: str, audio: np.ndarray, start_delay: float, latencies: List[float],
-            missing: List[int], timeout: float) -> None:
-    """Sends one stream in real time and records the latency of every partial event."""
-    time.sleep(start_delay)
-    sent: Dict[int, float] = {}
-    got: Dict[int, float] = {}
+def conversations(count: int) -> List[Tuple[np.ndarray, List[float]]]:
+    """``count`` two-utterance conversations and the end time of each utterance's speech (s)."""
+    out = []
+    for k in range(count):
+        rng = np.random.default_rng(k)
+        parts, ends, t = [], [], 0.0
+        for text in (PHRASES[k % len(PHRASES)], PHRASES[(k + 3) % len(PHRASES)]):
+            speech = synthesize(text, "en-us", 160, 50, 0)
+            pause = (0.002 * rng.standard_normal(int(PAUSE_S * RATE))).astype(np.float32)
+            parts += [speech, pause]
+            t += len(speech) / RATE
+            ends.append(t)
+            t += PAUSE_S
+        out.append((np.concatenate(parts), ends))
+    return out
+
+
+class StreamLog:
+    """What one client saw: send time per piece, events with arrival times."""
+
+    def __init__(self, piece_s: float, speech_ends: List[float]):
+        self.piece_s, self.speech_ends = piece_s, speech_ends
+        self.sent: Dict[int, float] = {}
+        self.events: List[Tuple[float, dict]] = []
+
+    def latencies(self) -> Dict[str, List[float]]:
+        out: Dict[str, List[float]] = {"partial": [], "final": [], "speech_end_to_final": []}
+        finals = [(at, e) for at, e in self.events if e["event"] == "final" and "utterance" in e]
+        for at, e in self.events:
+            if e["event"] == "partial" and e["seq"] in self.sent:
+                out["partial"].append(at - self.sent[e["seq"]])
+        for at, e in finals:
+            if e["reason"] == "endpoint" and e["seq"] in self.sent:
+                out["final"].append(at - self.sent[e["seq"]])
+            index = e["utterance"]
+            if index < len(self.speech_ends):  # the piece holding the utterance's last speech sample
+                piece = int(self.speech_ends[index] / self.piece_s)
+                if piece in self.sent:
+                    out["speech_end_to_final"].append(at - self.sent[piece])
+        return out
+
+
+def _tcp_stream(port: int, sid: str, audio: np.ndarray, delay: float, log: StreamLog) -> None:
+    time.sleep(delay)
     done = threading.Event()
     with connect("127.0.0.1", port) as sock:
 
@@ -83,114 +137,115 @@ def _stream(port: int, sid: str, audio: np.ndarray, start_delay: float, latencie
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     event = json.loads(line)
-                    if event["event"] == "partial":
-                        got.setdefault(event["seq"], time.time())
-                    elif event["event"] == "final":
+                    log.events.append((time.time(), event))
+                    if event["event"] == "final" and "utterance" not in event:
                         done.set()
 
         thread = threading.Thread(target=reader, daemon=True)
         thread.start()
         begin = time.monotonic()
-        for frame in audio_frames(audio, sid, CHUNK_SECONDS):
-            # Real time: a chunk leaves once its last sample would have been captured.
-            wait = begin + (frame.seq + 1) * CHUNK_SECONDS - time.monotonic()
+        for frame in audio_frames(audio, sid, log.piece_s):
+            wait = begin + (frame.seq + 1) * log.piece_s - time.monotonic()
             if wait > 0:
-                time.sleep(wait)
+                time.sleep(wait)  # real time: a piece leaves once its last sample would have been captured
             sock.sendall(encode_frame(frame))
-            sent[frame.seq] = time.time()
-        done.wait(timeout)
+            log.sent[frame.seq] = time.time()
+        done.wait(120)
         done.set()
         thread.join()
-    for seq, at in sent.items():
-        if seq in got:
-            latencies.append(got[seq] - at)
-        else:
-            missing.append(seq)
 
 
-def _level(port: int, streams: int, chunks: int, seed: int) -> Dict[str, object]:
-    rng = np.random.default_rng(seed)
-    latencies: List[float] = []
-    missing: List[int] = []
-    threads = []
+async def _ws_stream(url: str, sid: str, audio: np.ndarray, delay: float, log: StreamLog) -> None:
+    from websockets.asyncio.client import connect as ws_connect
+
+    await asyncio.sleep(delay)
+    pcm = (np.clip(audio, -1.0, 32767 / 32768) * 32768.0).astype("<i2")
+    step = int(round(log.piece_s * RATE))
+    async with ws_connect(url, max_size=1 << 22) as ws:
+        await ws.send(json.dumps({"type": "start", "stream_id": sid, "format": "pcm16", "sample_rate": RATE}))
+
+        async def reader() -> None:
+            async for message in ws:
+                log.events.append((time.time(), json.loads(message)))
+
+        task = asyncio.ensure_future(reader())
+        begin = time.monotonic()
+        for seq, start in enumerate(range(0, len(pcm), step)):
+            wait = begin + (seq + 1) * log.piece_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await ws.send(pcm[start : start + step].tobytes())
+            log.sent[seq] = time.time()
+        await ws.send(json.dumps({"type": "end"}))
+        await asyncio.wait_for(task, 120)
+
+
+def _level(transport: str, ports: Tuple[int, int], streams: int, talks, piece_s: float, seed: int) -> dict:
+    logs = []
+    jobs = []
     for i in range(streams):
-        audio = (rng.standard_normal(int(chunks * CHUNK_SECONDS * RATE)) * 0.1).astype(np.float32)
-        delay = random.Random(seed + i).uniform(0, CHUNK_SECONDS) if streams > 1 else 0.0
-        threads.append(threading.Thread(target=_stream, args=(
-            port, f"bench-{seed}-{i}", audio, delay, latencies, missing, 60.0 + 5 * streams)))
+        audio, ends = talks[i % len(talks)]
+        delay = random.Random(seed + i).uniform(0, 1.0) if streams > 1 else 0.0
+        logs.append(StreamLog(piece_s, ends))
+        jobs.append((f"{transport}-{seed}-{i}", audio, delay, logs[-1]))
     start = time.time()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    values = np.array(latencies) * 1000
-    result = {"streams": streams, "events": len(latencies), "missing": len(missing),
-              "wall_s": round(time.time() - start, 1)}
-    if len(values):
-        result.update({f"p{q}_ms": round(float(np.percentile(values, q)), 1) for q in (50, 95, 99)})
-    result["real_time"] = bool(len(values) and not missing and result["p95_ms"] < CHUNK_SECONDS * 1000)
+    if transport == "tcp":
+        threads = [threading.Thread(target=_tcp_stream, args=(ports[0], *job)) for job in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        url = f"ws://127.0.0.1:{ports[1]}"
+
+        async def run_all() -> None:
+            await asyncio.gather(*[_ws_stream(url, *job) for job in jobs])
+
+        asyncio.run(run_all())
+    result = {"transport": transport, "streams": streams, "wall_s": round(time.time() - start, 1)}
+    for name in ("partial", "final", "speech_end_to_final"):
+        values = np.array([v for log in logs for v in log.latencies()[name]]) * 1000
+        result[f"{name}_events"] = len(values)
+        if len(values):
+            result.update({f"{name}_p{q}_ms": round(float(np.percentile(values, q)), 1) for q in (50, 95, 99)})
+    result["finals_expected"] = 2 * streams
+    result["finals_received"] = sum(1 for log in logs for _, e in log.events
+                                    if e["event"] == "final" and "utterance" in e)
     return result
-
-
-def _bench_model(name: str, model_path: str, levels: List[int], chunks: int, workdir: str,
-                 search_up_to: int) -> Dict[str, object]:
-    """Runs the levels; while the largest level still keeps up, doubles it (up to ``search_up_to``)."""
-    proc, port = _start_pipeline(model_path, os.path.join(workdir, f"{name}.log"))
-    try:
-        _level(port, 1, 2, seed=999)  # warm-up: model load, first steps
-        results = [_level(port, n, chunks, seed=n) for n in levels]
-        while results[-1]["real_time"] and results[-1]["streams"] * 2 <= search_up_to:
-            results.append(_level(port, results[-1]["streams"] * 2, chunks, seed=len(results)))
-        for _ in range(2):  # narrow the gap between the last level that kept up and the first that did not
-            ok = max([r["streams"] for r in results if r["real_time"]], default=0)
-            bad = min([r["streams"] for r in results if not r["real_time"]], default=0)
-            middle = (ok + bad) // 2
-            if not ok or not bad or middle in (ok, bad):
-                break
-            results.append(_level(port, middle, chunks, seed=len(results)))
-        results.sort(key=lambda r: r["streams"])
-    finally:
-        proc.wait(timeout=300)
-    sustained = max([r["streams"] for r in results if r["real_time"]], default=0)
-    tried = [r["streams"] for r in results]
-    first_fail = min([r["streams"] for r in results if not r["real_time"]], default=None)
-    note = f"{sustained} sustained; " + (f"p95 > chunk at {first_fail}" if first_fail else
-                                         f"not exceeded up to {max(tried)} (the search cap)")
-    return {"model": name, "levels": results, "sustained_real_time_streams": sustained, "sustained_note": note}
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--levels", default="1,8,32")
-    parser.add_argument("--chunks", type=int, default=5, help="1.12 s chunks per stream")
-    parser.add_argument("--skip-large", action="store_true")
-    parser.add_argument("--search-up-to", type=int, default=128,
-                        help="double the stream count past the levels while p95 stays under a chunk")
+    parser.add_argument("--levels", default="1,8,32,128")
+    parser.add_argument("--transports", default="tcp,ws")
+    parser.add_argument("--att-context", default="70,13", help="look-ahead L,R of the model (chunk size)")
+    parser.add_argument("--endpoint-silence", type=float, default=1.2, help="live-asr --endpoint-silence")
+    parser.add_argument("--piece-seconds", type=float, default=0.16, help="audio per client message")
+    parser.add_argument("--num-shards", type=int, default=1, help="live-asr --num-shards (a bundle reads and "
+                        "writes the state of the shards it touches only)")
     args = parser.parse_args(argv)
     levels = [int(v) for v in args.levels.split(",")]
-    report = {"chunk_s": CHUNK_SECONDS, "runner": "FnApiRunner (in-process), loopback TCP", "models": []}
+    talks = conversations(8)
+    report = {"runner": "FnApiRunner (in-process)", "att_context": args.att_context,
+              "endpoint_silence_s": args.endpoint_silence, "piece_s": args.piece_seconds,
+              "num_shards": args.num_shards, "levels": []}
     with tempfile.TemporaryDirectory() as workdir:
-        default = EMBEDDED_MODEL
-        if not os.path.isfile(default):
-            default = os.path.join(workdir, "default_shape_random.nemo")
-            engine = random_live_asr(n_layers=4, d_model=128, n_heads=4, subsampling_channels=32)
-            save_nemo(default, engine.asr.model, labels=list("abcdefghijk "))
-            report["default_model"] = "embedded model missing: random weights of its shape (4 x 128, 4 heads)"
-        else:
-            report["default_model"] = EMBEDDED_MODEL
-        report["models"].append(_bench_model("default", default, levels, args.chunks, workdir, args.search_up_to))
-        print(json.dumps(report["models"][-1]), flush=True)
-        if not args.skip_large:
-            large = os.path.join(workdir, "large_random.nemo")
-            engine = random_live_asr(n_layers=17, d_model=512, n_heads=8, subsampling_channels=256)
-            save_nemo(large, engine.asr.model, labels=list("abcdefghijk "))
-            del engine
-            report["models"].append(_bench_model("large_17x512_random", large, levels, args.chunks, workdir,
-                                              args.search_up_to))
-            print(json.dumps(report["models"][-1]), flush=True)
-    target = next(r for r in report["models"][0]["levels"] if r["streams"] == 8) if 8 in levels else None
-    if target is not None:
-        report["target_p95_under_300ms_at_8_default"] = bool(target.get("p95_ms", 1e9) < 300)
+        proc, tcp_port, ws_port = _start_pipeline(args, os.path.join(workdir, "live.log"))
+        try:
+            _level("tcp", (tcp_port, ws_port), 1, talks, args.piece_seconds, seed=999)  # warm-up
+            for n in levels:
+                for transport in args.transports.split(","):
+                    result = _level(transport, (tcp_port, ws_port), n, talks, args.piece_seconds, seed=n)
+                    report["levels"].append(result)
+                    print(json.dumps(result), flush=True)
+        finally:
+            proc.wait(timeout=600)
+    at32 = [r for r in report["levels"] if r["streams"] == 32]
+    if at32:
+        report["target_at_32"] = {r["transport"]: {
+            "p95_partial_under_300ms": r.get("partial_p95_ms", 1e9) < 300,
+            "p95_final_under_500ms": r.get("final_p95_ms", 1e9) < 500,
+            "p95_speech_end_to_final_under_500ms": r.get("speech_end_to_final_p95_ms", 1e9) < 500} for r in at32}
     print(json.dumps(report))
     return report
 

@@ -1,9 +1,10 @@
 """``mediabeam live-asr``: live transcription of many concurrent audio streams (Beam streaming).
 
-Clients (``mediabeam send``) stream framed PCM chunks over TCP (127.0.0.1 by default) or
-recordings are replayed with ``--tail``; each stream's cache-aware ASR state lives in Beam
-state; partial and final transcript deltas come out as JSON lines (stdout, ``--output``
-file, and with ``--reply`` back to the client). Runs locally on the in-process FnApiRunner.
+Clients (``mediabeam send``) stream framed PCM chunks over TCP (127.0.0.1 by default), browsers
+and apps over WebSocket (``--ws-port``), or recordings are replayed with ``--tail``; each stream's
+cache-aware ASR state lives in Beam state; partial transcript deltas and one ``final`` per
+utterance (endpointing) come out as JSON lines (stdout, ``--output`` file, back to WebSocket
+clients, and with ``--reply`` to TCP clients). Runs locally on the in-process FnApiRunner.
 """
 
 import argparse
@@ -11,6 +12,7 @@ import functools
 import os
 from typing import Optional, Sequence
 
+from operators.asr.endpointing import DEFAULT_ENDPOINTING, EndpointRule
 from operators.asr.stream_engine import load_live_asr
 from pipelines.asr_flags import parse_context
 from pipelines.common import ConfigError, parse_job_args
@@ -24,6 +26,13 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None):
     parser.add_argument("--model", default=None, help=".nemo model (default: the embedded model)")
     parser.add_argument("--att-context", default=None, help="look-ahead L,R (70,13 → 1.12 s chunks)")
     parser.add_argument("--decoder", choices=("ctc", "rnnt"), default=None, help="hybrid models: which head")
+    ends = parser.add_argument_group("endpointing (one final event per utterance)")
+    ends.add_argument("--endpointing", choices=("on", "off"), default="on",
+                      help="end utterances at silences (CTC blank run + energy VAD); off: a stream is one utterance")
+    ends.add_argument("--endpoint-silence", type=float, default=DEFAULT_ENDPOINTING.rule2.min_trailing_silence,
+                      help="seconds of trailing silence that end an utterance after speech (sherpa-onnx rule 2)")
+    ends.add_argument("--vad-threshold-db", type=float, default=DEFAULT_ENDPOINTING.vad_threshold_db,
+                      help="energy voice-activity threshold, dBFS: quieter frames count as silence")
     add_live_flags(parser)
     args, options = parse_job_args(parser, argv)
     budgets = check_live_flags(args)
@@ -35,6 +44,19 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None):
                               "run `mediabeam train-asr` or pass --model")
     elif not os.path.isfile(args.model):
         raise ConfigError(f"--model {args.model!r} does not exist; pass a .nemo file or omit it for the default")
-    factory = functools.partial(load_live_asr, args.model, parse_context(args.att_context), args.decoder)
+    endpointing = None
+    if args.endpointing == "on":
+        if not 0 < args.endpoint_silence <= 60:
+            raise ConfigError("--endpoint-silence must be in (0, 60] seconds")
+        if not -120 <= args.vad_threshold_db <= 0:
+            raise ConfigError("--vad-threshold-db must be in -120..0 (dBFS)")
+        endpointing = DEFAULT_ENDPOINTING._replace(rule2=EndpointRule(True, args.endpoint_silence, 0.0),
+                                                   vad_threshold_db=args.vad_threshold_db)
+    factory = functools.partial(load_live_asr, args.model, parse_context(args.att_context), args.decoder,
+                                endpointing)
+    try:
+        rate = factory().sample_rate  # loads the model once here: a bad model or option fails before the job
+    except ValueError as err:
+        raise ConfigError(f"{err} (or pass --endpointing off)") from None
     name = os.path.basename(args.model) if args.model else "asr_default"
-    return run_live(args, budgets, options, factory, name, test_pipeline)
+    return run_live(args, budgets, options, factory, name, test_pipeline, media="audio", model_rate=rate)

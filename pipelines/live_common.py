@@ -19,7 +19,8 @@ from transforms.live.source import ReadLiveFrames
 from transforms.live.streams import LiveStreams
 
 LIVE_BUDGETS = ("live_frame_bytes", "live_queued_bytes", "live_streams", "live_pending_chunks",
-                "live_pending_bytes", "frame_pixels")
+                "live_pending_bytes", "live_connections", "live_client_bytes_per_second", "live_reply_bytes",
+                "frame_pixels")
 INTERRUPTED = 130  # exit status after Ctrl-C, as shells report SIGINT
 
 
@@ -29,6 +30,11 @@ def add_live_flags(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--host", default="127.0.0.1", help="listen address (loopback only by default)")
     src.add_argument("--port", type=int, default=8765, help="listen port (0: any free port, printed)")
     src.add_argument("--tail", default=None, help="replay .mbl recordings from this file or folder instead of TCP")
+    src.add_argument("--ws-port", type=int, default=0,
+                     help="also serve WebSocket clients on this port, on --host (0: off; see docs/live.md)")
+    src.add_argument("--http-port", type=int, default=0,
+                     help="serve the browser page (microphone / camera) on this port, on --host; needs --ws-port "
+                          "(0: off)")
     out = parser.add_argument_group("sink")
     out.add_argument("--output", default="-", help="JSON-lines events file ('-': stdout)")
     out.add_argument("--reply", action="store_true", help="also send each event back to the stream's client")
@@ -64,22 +70,39 @@ def check_live_flags(args: argparse.Namespace) -> Budgets:
         raise ConfigError("--idle-timeout must be positive (seconds)")
     if args.reply and args.tail is not None:
         raise ConfigError("--reply needs the TCP source; drop it with --tail")
+    if not 0 <= args.ws_port < 65536:
+        raise ConfigError(f"--ws-port {args.ws_port} must be in 1..65535 (0: no WebSocket endpoint)")
+    if args.ws_port and args.tail is not None:
+        raise ConfigError("--ws-port needs the live listener; drop it with --tail")
+    if args.ws_port and args.ws_port == args.port:
+        raise ConfigError(f"--ws-port {args.ws_port} is also --port; give the WebSocket endpoint its own port")
+    if not 0 <= args.http_port < 65536:
+        raise ConfigError(f"--http-port {args.http_port} must be in 1..65535 (0: no page)")
+    if args.http_port and not args.ws_port:
+        raise ConfigError("--http-port needs --ws-port (the page streams over the WebSocket endpoint)")
+    if args.http_port and args.http_port in (args.port, args.ws_port):
+        raise ConfigError(f"--http-port {args.http_port} is taken by --port or --ws-port; give the page its own port")
     if args.output != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
         raise ConfigError(f"--output {args.output!r}: its folder does not exist")
     return parse_budgets(args.budget)
 
 
-def source_spec(args: argparse.Namespace, budgets: Budgets) -> SourceSpec:
-    """The source of the job's flags."""
+def source_spec(args: argparse.Namespace, budgets: Budgets, media: str = "audio",
+                model_rate: int = 16000) -> SourceSpec:
+    """The source of the job's flags (``media``/``model_rate``: what WebSocket clients send)."""
     kind, address = ("tail", os.path.abspath(args.tail)) if args.tail else ("tcp", f"{args.host}:{args.port}")
+    ws_address = f"{args.host}:{args.ws_port}" if args.ws_port else ""
+    http_address = f"{args.host}:{args.http_port}" if args.http_port else ""
     # Bounded runs drain past the idle timeout, so open streams are finalised before the end.
     return SourceSpec(kind, address, budgets, args.idle_timeout, args.max_idle_seconds, args.stop_after,
-                      drain_seconds=args.idle_timeout + 0.5)
+                      drain_seconds=args.idle_timeout + 0.5, ws_address=ws_address, media=media,
+                      model_rate=model_rate, http_address=http_address)
 
 
 def run_live(args: argparse.Namespace, budgets: Budgets, options: PipelineOptions,
              engine_factory: Callable[[], Any], model: str,
-             test_pipeline: Optional[beam.Pipeline] = None) -> PipelineResult:
+             test_pipeline: Optional[beam.Pipeline] = None, media: str = "audio",
+             model_rate: int = 16000) -> PipelineResult:
     """Builds source → per-stream inference → JSON sink (events and error events), runs it
     and returns the finished run's result (metrics: ``LiveSource/*``, ``LiveStreams/*``).
 
@@ -88,7 +111,7 @@ def run_live(args: argparse.Namespace, budgets: Budgets, options: PipelineOption
     """
     options.view_as(StandardOptions).streaming = True
     pipeline = create_pipeline(options, test_pipeline)
-    frames = pipeline | "ReadLiveFrames" >> ReadLiveFrames(source_spec(args, budgets))
+    frames = pipeline | "ReadLiveFrames" >> ReadLiveFrames(source_spec(args, budgets, media, model_rate))
     results = frames["chunks"] | "LiveStreams" >> LiveStreams(
         engine_factory, model, num_shards=args.num_shards, idle_seconds=args.idle_timeout, budgets=budgets,
         max_batch=args.max_batch, threads=args.threads or None)

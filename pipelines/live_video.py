@@ -39,4 +39,5 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None):
               "predictions are meaningless (pass --weights CHECKPOINT for real predictions)", file=sys.stderr)
     factory = functools.partial(live_co_x3d, args.variant, args.window, args.num_classes, args.weights,
                                 args.size, args.top_k, max_pixels=budgets.frame_pixels)
-    return run_live(args, budgets, options, factory, f"co_x3d_{args.variant}-w{args.window}", test_pipeline)
+    return run_live(args, budgets, options, factory, f"co_x3d_{args.variant}-w{args.window}", test_pipeline,
+                    media="video", model_rate=0)

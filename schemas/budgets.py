@@ -47,6 +47,11 @@ class Budgets:
         live_queued_bytes: Most payload bytes queued in a live source before readers wait.
         live_pending_chunks: Out-of-order chunks buffered per stream before a gap is skipped.
         live_pending_bytes: Payload bytes buffered out of order per stream shard (all its streams).
+        live_connections: Most WebSocket clients connected to one live source at once.
+        live_client_bytes_per_second: Most bytes per second one WebSocket client may send
+            (a token bucket holding one second's worth).
+        live_reply_bytes: Event bytes waiting to be sent to one WebSocket client; a client that
+            reads slower than its events come is dropped (the others never wait for it).
     """
 
     member_bytes: int = 1 << 30
@@ -63,6 +68,9 @@ class Budgets:
     live_queued_bytes: int = 256 << 20
     live_pending_chunks: int = 64
     live_pending_bytes: int = 256 << 20
+    live_connections: int = 256
+    live_client_bytes_per_second: int = 16 << 20
+    live_reply_bytes: int = 4 << 20
 
     def with_overrides(self, overrides: Dict[str, str]) -> "Budgets":
         """Returns a copy with ``NAME=VALUE`` overrides applied (values parsed as the field's type).

@@ -7,7 +7,8 @@ pieces of any size. Per stream, the state is a dict of numpy arrays holding
 * an incremental NeMo front end: the pre-emphasised samples the next mel frames still need
   (at most one 25 ms window plus one piece), the last raw sample (pre-emphasis) and counters,
 * the mel frames waiting for a full chunk (fewer than ``8C`` frames),
-* the last emitted token (so a delta decodes with the right word boundary).
+* the last emitted token (so a delta decodes with the right word boundary),
+* with endpointing on: the endpointer's counters and the current utterance's tokens.
 
 Its size is fixed by the model and the largest piece, never by the stream's length. Mel frames
 are computed as soon as their window is complete, chunks are stepped as soon as they are full,
@@ -15,6 +16,12 @@ and the end of the stream (``finalize``) flushes the last (shorter) chunk, so th
 deltas equal ``StreamingASR.transcribe`` of the whole audio. ``step`` advances many streams
 with batched operator steps: this is what makes throughput grow with concurrency. It implements
 the :class:`operators.streaming.engine.StreamEngine` contract.
+
+Endpointing (``operators.asr.endpointing``, optional): after each step the chunk's encoder frames
+are flagged silent (CTC blank and no voice by energy); when an endpoint rule fires, the tokens up
+to that frame close the utterance, a ``final`` event carries its whole text, and the stream's
+encoder and decoder state restart for the next utterance (the next chunk is a first chunk). The
+end of the stream closes the last utterance the same way.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -22,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from operators.asr.endpointing import EndpointConfig, Endpointer, voiced_frames
 from operators.asr.frontend import mel_filterbank
 from operators.asr.state import STATE_BATCH_AXES, state_from_numpy, state_to_numpy
 from operators.asr.streaming import StreamingASR
@@ -45,12 +53,18 @@ class LiveASR(StreamEngine):
 
     Args:
         asr: The operator (its attention context fixes the chunk size).
+        endpointing: Endpoint rules (``None``: no endpointing, the stream is one utterance and
+            no utterance ``final`` events are emitted). Needs the CTC decoder.
     """
 
     event_name = "partial"
 
-    def __init__(self, asr: StreamingASR):
+    def __init__(self, asr: StreamingASR, endpointing: Optional[EndpointConfig] = None):
+        if endpointing is not None and asr.decoder != "ctc":
+            raise ValueError("endpointing needs the CTC decoder (it reads the CTC blank run); "
+                             "pass decoder='ctc' or turn endpointing off")
         self.asr = asr
+        self.endpointing = endpointing
         self.mel = asr.config.mel
         self.chunk, self.first_frames, self.later_frames = asr.chunk_sizes()
         self._fbank = mel_filterbank(self.mel)
@@ -59,6 +73,7 @@ class LiveASR(StreamEngine):
             ((self.mel.n_fft - self.mel.win_length) // 2,) * 2,
         )
         self._half = self.mel.n_fft // 2
+        self._window_power = float(self._window.pow(2).mean())
 
     @property
     def sample_rate(self) -> int:
@@ -78,10 +93,17 @@ class LiveASR(StreamEngine):
             samples=np.zeros((), np.int64),  # samples received
             frames=np.zeros((), np.int64),  # mel frames computed
             mel=np.zeros((self.mel.n_mels, 0), np.float32),  # mel frames not yet stepped
+            energy=np.zeros(0, np.float32),  # their energies (dBFS, for the voice detector)
             steps=np.zeros((), np.int64),
             final=np.zeros((), np.bool_),
             done=np.zeros((), np.bool_),
             prev_token=np.full((), -1, np.int64),
+            ep_frames=np.zeros((), np.int64),  # endpointer: encoder frames seen
+            ep_length=np.zeros((), np.int64),  # endpointer: frames in the utterance
+            ep_trailing=np.zeros((), np.int64),  # endpointer: its trailing silent frames
+            utt_index=np.zeros((), np.int64),  # utterances closed so far
+            utt_start=np.zeros((), np.int64),  # first mel frame of the utterance
+            utt_tokens=np.zeros(0, np.int64),  # the utterance's tokens so far
         )
         return state
 
@@ -114,8 +136,15 @@ class LiveASR(StreamEngine):
 
     def finalize(self, state: State) -> List[AsrDelta]:
         """Ends a stream: computes its last mel frames and steps its last (shorter) chunks."""
-        outputs, _ = self._drain([self._push(state, np.zeros(0, np.float32), True)])
-        return outputs[0]
+        return self.finalize_many([state])[0]
+
+    def finalize_many(self, states: Sequence[State]) -> List[List[AsrDelta]]:
+        """Ends several streams, their last chunks stepped in batches."""
+        outputs, ended = self._drain([self._push(state, np.zeros(0, np.float32), True) for state in states])
+        for output, state in zip(outputs, ended):
+            if self.endpointing is not None and len(state["utt_tokens"]):
+                output.append(self._final(state, int(state["frames"]), "eos"))
+        return outputs
 
     def _drain(self, states: List[State]) -> Tuple[List[List[AsrDelta]], List[State]]:
         outputs: List[List[AsrDelta]] = [[] for _ in states]
@@ -125,8 +154,7 @@ class LiveASR(StreamEngine):
                 return outputs, states
             for i, (delta, state) in zip(ready, self._step_batch([states[i] for i in ready])):
                 states[i] = state
-                if delta is not None:
-                    outputs[i].append(delta)
+                outputs[i].extend(delta)
 
     def _push(self, state: State, samples: np.ndarray, final: bool) -> State:
         """Adds samples (and the end of the stream) to a stream; computes the mel frames now complete."""
@@ -154,14 +182,17 @@ class LiveASR(StreamEngine):
             last = max(0, (total - self.mel.win_length // 2) // hop + 1)
             last = min(last, total // hop)
         if last > first:
-            state["mel"] = np.concatenate([state["mel"], self._mel_frames(state["tail"], first, last, total)], axis=1)
+            mel, energy = self._mel_frames(state["tail"], first, last, total)
+            state["mel"] = np.concatenate([state["mel"], mel], axis=1)
+            state["energy"] = np.concatenate([state["energy"], energy])
             state["frames"] = np.asarray(last, np.int64)
             keep_from = max(0, last * hop - half) - max(0, first * hop - half)
             state["tail"] = state["tail"][keep_from:].copy()
         return state
 
-    def _mel_frames(self, tail: np.ndarray, first: int, last: int, total: int) -> np.ndarray:
-        """Log-mel frames ``first..last-1``; ``tail`` starts at sample ``max(0, first*hop - n_fft/2)``."""
+    def _mel_frames(self, tail: np.ndarray, first: int, last: int, total: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Log-mel frames ``first..last-1`` and their energies in dBFS (of the windowed,
+        pre-emphasised samples); ``tail`` starts at sample ``max(0, first*hop - n_fft/2)``."""
         hop, half = self.mel.hop_length, self._half
         start = first * hop - half
         lead = max(0, -start)
@@ -170,10 +201,12 @@ class LiveASR(StreamEngine):
         padded = np.zeros(lead + max(need, avail), np.float32)
         padded[lead : lead + avail] = tail[:avail]
         frames = torch.from_numpy(padded).unfold(0, self.mel.n_fft, hop)[: last - first]
-        spec = torch.fft.rfft(frames * self._window, dim=-1)
+        windowed = frames * self._window
+        energy = 10.0 * torch.log10(windowed.pow(2).mean(-1) / self._window_power + 1e-10)
+        spec = torch.fft.rfft(windowed, dim=-1)
         power = torch.view_as_real(spec).pow(2).sum(-1).sqrt().pow(2)
         mel = torch.log(torch.matmul(self._fbank, power.T) + self.mel.log_zero_guard)
-        return mel.numpy().astype(np.float32)
+        return mel.numpy().astype(np.float32), energy.numpy().astype(np.float32)
 
     def _width(self, state: State) -> int:
         return self.first_frames if int(state["steps"]) == 0 else self.later_frames
@@ -184,13 +217,14 @@ class LiveASR(StreamEngine):
             return False
         return state["mel"].shape[1] >= self._width(state) or bool(state["final"])
 
-    def _step_batch(self, states: Sequence[State]) -> List[Tuple[Optional[AsrDelta], State]]:
+    def _step_batch(self, states: Sequence[State]) -> List[Tuple[List[AsrDelta], State]]:
         """One batched operator step for streams that are all ``_ready``.
 
-        Returns per stream ``(delta, state)``; ``delta`` is ``None`` when the stream ended
-        with nothing left to step (its state is then done).
+        Returns per stream ``(outputs, state)``: the partial delta, and with endpointing the
+        ``final`` of each utterance the step closed; none when the stream ended with nothing
+        left to step (its state is then done).
         """
-        results: List[Tuple[Optional[AsrDelta], State]] = [(None, s) for s in states]
+        results: List[Tuple[List[AsrDelta], State]] = [([], s) for s in states]
         rows, chunks, lengths = [], [], []
         for i, state in enumerate(states):
             width = self._width(state)
@@ -198,7 +232,7 @@ class LiveASR(StreamEngine):
             if n == 0:  # ended with nothing left to step
                 done = dict(state)
                 done["done"] = np.asarray(True)
-                results[i] = (None, done)
+                results[i] = ([], done)
                 continue
             rows.append(i)
             chunks.append(state["mel"][:, :n])
@@ -217,6 +251,10 @@ class LiveASR(StreamEngine):
             torch.from_numpy(features).to(self.asr.dtype), torch.tensor(lengths, dtype=torch.long), batch_state
         )
         arrays = state_to_numpy(new_state)
+        best = None
+        if self.endpointing is not None:
+            with torch.no_grad():
+                best = self.asr.model.ctc_head(output.encoded).argmax(-1).numpy()
         hop_s = self.mel.hop_length / self.mel.sample_rate
         for j, i in enumerate(rows):
             state = dict(states[i])
@@ -224,18 +262,83 @@ class LiveASR(StreamEngine):
                 state[f"asr/{name}"] = np.take(arrays[name], [j], axis=axis).copy()
             n = lengths[j]
             state["mel"] = state["mel"][:, n:].copy()
+            state["energy"] = state["energy"][n:].copy()
             state["steps"] = np.asarray(int(state["steps"]) + 1, np.int64)
+            consumed = int(state["frames"]) - state["mel"].shape[1]
             tokens = [int(t) for t in output.tokens[j]]
-            anchor = int(state["prev_token"])
-            if tokens:
-                state["prev_token"] = np.asarray(tokens[-1], np.int64)
+            if best is None:
+                results[i] = ([self._delta(state, tokens, consumed * hop_s)], state)
+            else:
+                frames = best[j, : int(output.encoded_len[j])]
+                results[i] = self._endpoint(state, states[i], frames, tokens, consumed - n, n)
             if bool(state["final"]) and state["mel"].shape[1] == 0:
                 state["done"] = np.asarray(True)
-            consumed = int(state["frames"]) - state["mel"].shape[1]
-            delta = {"text": self.delta_text(anchor, tokens), "tokens": tokens,
-                     "audio_end_s": round(consumed * hop_s, 3)}
-            results[i] = (delta, state)
         return results
+
+    def _delta(self, state: State, tokens: List[int], audio_end_s: float) -> AsrDelta:
+        """The partial event fields of ``tokens`` (moves the stream's last token on)."""
+        anchor = int(state["prev_token"])
+        if tokens:
+            state["prev_token"] = np.asarray(tokens[-1], np.int64)
+        return {"text": self.delta_text(anchor, tokens), "tokens": tokens, "audio_end_s": round(audio_end_s, 3)}
+
+    def _final(self, state: State, end_frame: int, reason: str) -> AsrDelta:
+        """The ``final`` event fields of the stream's current utterance (its state restarts)."""
+        hop_s = self.mel.hop_length / self.mel.sample_rate
+        tokens = [int(t) for t in state["utt_tokens"]]
+        fields = {"event": "final", "reason": reason, "utterance": int(state["utt_index"]),
+                  "text": self.asr.vocabulary.decode(tokens) if tokens else "",
+                  "start_s": round(int(state["utt_start"]) * hop_s, 3), "end_s": round(end_frame * hop_s, 3)}
+        state["utt_index"] = np.asarray(int(state["utt_index"]) + 1, np.int64)
+        state["utt_start"] = np.asarray(end_frame, np.int64)
+        state["utt_tokens"] = np.zeros(0, np.int64)
+        state["prev_token"] = np.full((), -1, np.int64)
+        return fields
+
+    def _endpoint(self, state: State, before: State, best: np.ndarray, tokens: List[int], first_mel: int,
+                  n_mel: int) -> Tuple[List[AsrDelta], State]:
+        """Ends the utterance if an endpoint falls in the chunk just stepped: partial delta and final.
+
+        ``best`` is the CTC arg-max of the chunk's encoder frames; ``first_mel``/``n_mel`` the
+        stream mel frames it covered. At an endpoint, the chunk's mel frames after it go back to
+        the stream, which restarts there with a fresh encoder and decoder (a first chunk); the
+        tokens decoded past the endpoint are dropped, the fresh encoder decodes them again.
+        """
+        config = self.endpointing
+        hop_s = self.mel.hop_length / self.mel.sample_rate
+        blank = self.asr.blank
+        voiced = voiced_frames(before["energy"][:n_mel], len(best), config.vad_threshold_db)
+        endpointer = Endpointer(config, self.later_frames / self.chunk * hop_s,
+                                {"frames": int(state["ep_frames"]), "length": int(state["ep_length"]),
+                                 "trailing": int(state["ep_trailing"])})
+        start = endpointer.frames
+        ends = endpointer.feed((best == blank) & ~voiced)
+        end = ends[0] - start if ends else len(best)
+        # Which frame emitted each token (CTC collapse, continuing from the last frame's label).
+        emitted_at, previous = [], int(before["asr/last_token"][0])
+        for t, label in enumerate(best.tolist()):
+            if label != blank and label != previous:
+                emitted_at.append(t)
+            previous = label
+        kept = [tok for tok, t in zip(tokens, emitted_at) if t <= end]
+        end_mel = first_mel + min(n_mel, max(1, round((end + 1) * n_mel / max(len(best), 1))))
+        outputs = [self._delta(state, kept, end_mel * hop_s)]
+        state["utt_tokens"] = np.concatenate([state["utt_tokens"], kept]).astype(np.int64)
+        if not ends:
+            state.update({f"ep_{k}": np.asarray(v, np.int64) for k, v in endpointer.state.items()})
+            return outputs, state
+        if len(state["utt_tokens"]):
+            outputs.append(self._final(state, end_mel, "endpoint"))
+        else:  # nothing was said: the silence is dropped without an event
+            state["utt_start"] = np.asarray(end_mel, np.int64)
+            state["prev_token"] = np.full((), -1, np.int64)
+        back = end_mel - first_mel
+        state["mel"] = np.concatenate([before["mel"][:, back:n_mel], state["mel"]], axis=1)
+        state["energy"] = np.concatenate([before["energy"][back:n_mel], state["energy"]])
+        state.update({f"asr/{k}": v for k, v in state_to_numpy(self.asr.initial_state(1)).items()})
+        state.update(steps=np.zeros((), np.int64), ep_frames=np.asarray(ends[0] + 1, np.int64),
+                     ep_length=np.zeros((), np.int64), ep_trailing=np.zeros((), np.int64))
+        return outputs, state
 
     def delta_text(self, anchor: int, tokens: Sequence[int]) -> str:
         """Text that ``tokens`` add after token ``anchor`` (-1: start), word boundaries kept."""
@@ -250,12 +353,13 @@ class LiveASR(StreamEngine):
 
 
 def load_live_asr(
-    path: Optional[str] = None, att_context: Optional[Sequence[int]] = None, decoder: Optional[str] = None
+    path: Optional[str] = None, att_context: Optional[Sequence[int]] = None, decoder: Optional[str] = None,
+    endpointing: Optional[EndpointConfig] = None,
 ) -> LiveASR:
     """A ``LiveASR`` over a ``.nemo`` model (default: the embedded model in ``operators/assets``)."""
     from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo
 
-    return LiveASR(load_nemo(path or EMBEDDED_MODEL, att_context, decoder))
+    return LiveASR(load_nemo(path or EMBEDDED_MODEL, att_context, decoder), endpointing)
 
 
 def random_live_asr(

@@ -13,8 +13,11 @@ side (``transforms.live.streams``) only moves states in and out of Beam state an
   empty). Rows are independent: a stream's outputs do not depend on which other streams
   share the batch.
 * ``finalize(state) -> outputs``: the end of the stream; flushes what the state still holds.
+  ``finalize_many(states)`` ends several streams at once; engines that can batch the flush
+  override it (by default it calls ``finalize`` per stream).
 
-``event_name`` names the events ``step`` and ``finalize`` produce (``partial``, ``prediction``).
+``event_name`` names the events ``step`` and ``finalize`` produce (``partial``, ``prediction``);
+an output dict with an ``event`` key names its own event instead (an ASR utterance's ``final``).
 
 Subclasses are checked when they are defined: every contract method must be overridden with
 the contract's parameters, so a drifting engine fails at import, not mid-stream.
@@ -67,3 +70,7 @@ class StreamEngine(abc.ABC):
     @abc.abstractmethod
     def finalize(self, state: State) -> List[Output]:
         """Ends a stream: the outputs of whatever its state still holds."""
+
+    def finalize_many(self, states: Sequence[State]) -> List[List[Output]]:
+        """Ends several streams; ``outputs[i]`` is ``finalize(states[i])`` (batched where the engine can)."""
+        return [self.finalize(state) for state in states]

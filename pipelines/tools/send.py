@@ -22,7 +22,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -164,6 +164,19 @@ def _first_checked(frames: Iterator[Frame], path: str) -> Iterator[Frame]:
     return chained()
 
 
+def assemble_transcript(events: List[Dict[str, Any]]) -> str:
+    """A stream's transcript from its events: the utterances' ``final`` texts, space-separated,
+    then what the partial deltas added since the last one (without endpointing: all partials)."""
+    done, current = [], ""
+    for event in events:
+        if event.get("event") == "partial":
+            current += event.get("text", "")
+        elif event.get("event") == "final" and "utterance" in event:
+            done.append(event["text"])
+            current = ""
+    return " ".join(done + ([current.strip()] if current.strip() else [])) if done else current
+
+
 def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     """Sends one file as one stream; returns a summary (frames sent, events, transcript)."""
     del test_pipeline  # a client, not a pipeline
@@ -232,7 +245,7 @@ def _send(args: argparse.Namespace, frames: Iterator[Frame], seconds, speed: flo
         done.wait(args.wait)
         done.set()
         reader.join()
-    text = "".join(e.get("text", "") for e in events if e.get("event") in ("partial", "final"))
+    text = assemble_transcript(events)
     if events and not args.quiet:
         print(f"transcript: {text}" if any("text" in e for e in events) else f"{len(events)} events",
               file=sys.stderr)

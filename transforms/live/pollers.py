@@ -13,6 +13,10 @@ Budgets (``schemas.budgets.Budgets``) held here:
   on later), so one fast client cannot grow the server's memory. Nothing is dropped.
 * ``live_streams``: concurrent streams of the source; frames of a new stream beyond it are
   refused with an error event naming the budget (``operators.streaming.admission``).
+
+With ``SourceSpec.ws_address`` the TCP listener also serves WebSocket clients
+(``transforms.live.websocket``); their frames go into the same queue. With ``http_address`` it
+serves the browser pages too (``transforms.live.pages``).
 """
 
 import collections
@@ -46,6 +50,10 @@ class SourceSpec(NamedTuple):
         poll_seconds: Longest wait for frames in one ``process`` call.
         drain_seconds: After a stop condition, keep delivering for this long before finishing
             (downstream idle-stream timers fire and events reach the clients).
+        ws_address: ``HOST:PORT`` to serve WebSocket clients on as well (tcp only; ``""``: none).
+        media: What WebSocket clients send: ``"audio"`` (live-asr) or ``"video"`` (live-video).
+        model_rate: The engine's sample rate; WebSocket audio is converted to it.
+        http_address: ``HOST:PORT`` to serve the browser pages on (needs ``ws_address``; ``""``: none).
     """
 
     kind: str
@@ -56,6 +64,10 @@ class SourceSpec(NamedTuple):
     stop_after_seconds: float = 0.0
     poll_seconds: float = 0.2
     drain_seconds: float = 0.0
+    ws_address: str = ""
+    media: str = "audio"
+    model_rate: int = 16000
+    http_address: str = ""
 
 
 def _split_address(address: str) -> Tuple[str, int]:
@@ -90,6 +102,10 @@ class Poller:
                     continue
             key = f"{item.stream_id}#{item.seq}" if item.stream_id else f"{source}#{item.seq}"
             self._put(DeadLetter(key, source, STAGE, type(error).__name__, str(error)), ERROR_BYTES)
+
+    def put_error(self, dead: DeadLetter) -> None:
+        """Queues an error found at the edge (reported on the source's dead-letter output)."""
+        self._put(dead, ERROR_BYTES)
 
     @property
     def queued_bytes(self) -> int:
@@ -141,6 +157,19 @@ class TcpListener(Poller):
         self._next = 0
         print(f"mediabeam live: listening on {self.host}:{self.port}", file=sys.stderr, flush=True)
         threading.Thread(target=self._accept_loop, name="mediabeam-live-accept", daemon=True).start()
+        self.websocket = None
+        if spec.ws_address:
+            from transforms.live.websocket import WebSocketEdge
+
+            ws_host, ws_port = _split_address(spec.ws_address)
+            self.websocket = WebSocketEdge(self, ws_host, ws_port, spec.media, spec.model_rate, spec.budgets,
+                                           spec.idle_seconds)
+        self.pages = None
+        if spec.http_address and self.websocket is not None:
+            from transforms.live.pages import PageServer
+
+            http_host, http_port = _split_address(spec.http_address)
+            self.pages = PageServer(http_host, http_port, self.websocket.port, spec.media)
 
     def _accept_loop(self) -> None:
         while not self.closed:
@@ -184,8 +213,16 @@ class TcpListener(Poller):
                 pass
             conn.close()
 
+    def owns(self, conn_id: str) -> bool:
+        """Whether connection ``conn_id`` (``tcp://…`` or ``ws://…``) is one of this listener's."""
+        if conn_id.startswith(f"tcp://{self.host}:{self.port}/"):
+            return True
+        return self.websocket is not None and self.websocket.owns(conn_id)
+
     def reply(self, conn_id: str, line: str) -> bool:
         """Sends one event line to a connection; False if it is gone."""
+        if conn_id.startswith("ws://"):
+            return self.websocket is not None and self.websocket.reply(conn_id, line)
         with self._lock:
             conn = self._conns.get(conn_id)
             if conn is None:
@@ -199,6 +236,10 @@ class TcpListener(Poller):
     def close(self) -> None:
         super().close()
         self.server.close()
+        if self.websocket is not None:
+            self.websocket.close()
+        if self.pages is not None:
+            self.pages.close()
         for conn_id in list(self._conns):
             self._drop(conn_id)
 
@@ -255,9 +296,9 @@ def close_pollers() -> None:
 
 
 def listener_for_connection(conn_id: str) -> Optional[TcpListener]:
-    """The live listener that owns connection ``tcp://HOST:PORT/N`` in this process, if any."""
+    """The live listener that owns connection ``tcp://…`` or ``ws://…`` in this process, if any."""
     with _POLLERS_LOCK:
         for poller in _POLLERS.values():
-            if isinstance(poller, TcpListener) and conn_id.startswith(f"tcp://{poller.host}:{poller.port}/"):
+            if isinstance(poller, TcpListener) and poller.owns(conn_id):
                 return poller
     return None

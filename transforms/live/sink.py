@@ -15,7 +15,7 @@ SINK_STAGE = "WriteLiveEvents"
 
 class WriteLiveEventsFn(beam.DoFn):
     """Writes each event as one JSON line: to stdout, a file (appended, flushed per line),
-    and/or back to the client connection the stream came from."""
+    and/or back to the client connection the stream came from (always for WebSocket clients)."""
 
     def __init__(self, path: Optional[str], reply: bool):
         self._path = path
@@ -32,7 +32,8 @@ class WriteLiveEventsFn(beam.DoFn):
             print(line, flush=True)
         elif self._handle is not None:
             self._handle.write(line + "\n")
-        if self._reply and event.source.startswith("tcp://"):
+        # WebSocket clients always get their events back (that is their protocol); TCP ones with --reply.
+        if event.source.startswith("ws://") or (self._reply and event.source.startswith("tcp://")):
             listener = listener_for_connection(event.source)
             if listener is None or not listener.reply(event.source, line):
                 count(SINK_STAGE, "reply_failed")

@@ -150,6 +150,12 @@ class LiveStreamFn(beam.DoFn):
                fields: Dict[str, Any]) -> LiveEvent:
         return LiveEvent(sid, event, seq, {"model": self._model, **fields}, source, received_at, self._clock())
 
+    def _engine_event(self, sid: str, seq: int, received_at: float, source: str, fields: Dict[str, Any]) -> LiveEvent:
+        """An engine output as an event: named by its ``event`` field if it has one (an ASR
+        utterance's ``final``), else by the engine's ``event_name``."""
+        name = fields.get("event", self.engine.event_name)
+        return self._event(sid, name, seq, received_at, source, {k: v for k, v in fields.items() if k != "event"})
+
     def _apply(self, actions: List[Any], states: Dict[str, Any], out: List[Any]) -> None:
         """Carries out the book's actions: per stream in order, ready chunks batched across streams."""
         queues: Dict[str, Deque[Any]] = {}
@@ -164,18 +170,37 @@ class LiveStreamFn(beam.DoFn):
                 queues.setdefault(action.stream_id, collections.deque()).append(action)
         while queues:
             batch: List[Tuple[str, Ready, Any]] = []
+            ends: List[Ended] = []
             for sid in list(queues):
-                ready = self._next_input(sid, queues[sid], states, out)
+                ready = self._next_input(sid, queues[sid], states, out, ends)
                 if ready is not None:
                     batch.append(ready)
                 if not queues[sid]:
                     del queues[sid]
             for start in range(0, len(batch), self._max_batch):
                 self._step(batch[start : start + self._max_batch], states, out)
+            for start in range(0, len(ends), self._max_batch):
+                self._finalize(ends[start : start + self._max_batch], states, out)
 
-    def _next_input(self, sid: str, queue: Deque[Any], states: Dict[str, Any],
-                    out: List[Any]) -> Optional[Tuple[str, Ready, Any]]:
-        """Handles a stream's actions up to its next decodable chunk, which it returns."""
+    def _finalize(self, ends: List[Ended], states: Dict[str, Any], out: List[Any]) -> None:
+        """Ends streams (one batched flush): their last engine outputs, then their ``final`` events."""
+        engine = self.engine
+        finals = [states.pop(end.stream_id, None) for end in ends]
+        outputs = engine.finalize_many([engine.init_state() if s is None else s for s in finals])
+        for action, fields_list in zip(ends, outputs):
+            sid = action.stream_id
+            for fields in fields_list:
+                out.append(self._engine_event(sid, action.seq, action.received_at, action.source, fields))
+            out.append(self._event(sid, "final", action.seq, action.received_at, action.source,
+                                   {"reason": action.reason}))
+            count(STAGE, "finalised_streams")
+            if action.reason == "idle":
+                count(STAGE, "expired_streams")
+
+    def _next_input(self, sid: str, queue: Deque[Any], states: Dict[str, Any], out: List[Any],
+                    ends: List[Ended]) -> Optional[Tuple[str, Ready, Any]]:
+        """Handles a stream's actions up to its next decodable chunk, which it returns, or up to
+        its end, which it adds to ``ends`` (streams ending in the same round are flushed together)."""
         engine = self.engine
         while queue:
             action = queue.popleft()
@@ -184,15 +209,8 @@ class LiveStreamFn(beam.DoFn):
                 out.append(self._event(sid, "gap", action.missing_to, 0.0, action.source, {
                     "missing_from": action.missing_from, "missing_to": action.missing_to, "reason": action.reason}))
             elif isinstance(action, Ended):
-                state = states.pop(sid, None)
-                for fields in engine.finalize(engine.init_state() if state is None else state):
-                    out.append(self._event(sid, engine.event_name, action.seq, action.received_at, action.source,
-                                           fields))
-                out.append(self._event(sid, "final", action.seq, action.received_at, action.source,
-                                       {"reason": action.reason}))
-                count(STAGE, "finalised_streams")
-                if action.reason == "idle":
-                    count(STAGE, "expired_streams")
+                ends.append(action)
+                return None
             else:
                 if sid not in states:
                     states[sid] = engine.init_state()
@@ -218,7 +236,7 @@ class LiveStreamFn(beam.DoFn):
         for (sid, ready, _), fields_list, state in zip(batch, outputs, new_states):
             states[sid] = state
             for fields in fields_list:
-                out.append(self._event(sid, engine.event_name, ready.seq, ready.received_at, ready.source, fields))
+                out.append(self._engine_event(sid, ready.seq, ready.received_at, ready.source, fields))
 
     def _save(self, streams: StreamBook, states: Dict[str, Any], book, engines, expiry) -> None:
         tree = streams.to_tree()

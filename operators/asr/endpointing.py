@@ -1,0 +1,110 @@
+"""Utterance endpointing for live ASR, as a pure object: ``Endpointer`` (no Beam, no clock).
+
+Kaldi's online endpoint rules, as sherpa-onnx and NeMo's streaming demos use them. Each rule
+fires when the utterance so far has ``trailing silence >= min_trailing_silence`` and
+``length >= min_utterance_length``, and (if ``must_contain_nonsilence``) holds something other
+than silence. sherpa-onnx's defaults (``EndpointConfig``):
+
+* rule 1: 2.4 s of trailing silence, even with nothing said (drops long silences);
+* rule 2: 1.2 s of trailing silence after something was said (the usual end of a sentence);
+* rule 3: an utterance of 20 s ends whatever it holds (bounds an utterance's state).
+
+Silence is decided per encoder output frame (e.g. 80 ms). sherpa-onnx counts only the CTC /
+transducer blank run; here a frame is silent when the CTC head's best label is blank **and**
+an energy voice-activity detector finds no voice in it (its loudest analysis frame is below
+``vad_threshold_db`` dBFS). Breath and noise that the model labels blank but that are loud,
+or quiet speech the model already labels, both keep an utterance open.
+
+The endpointer sees the frames in order, in pieces of any size, and finds the same endpoints
+whatever the pieces are (tested against one call on the whole sequence). After an endpoint the
+next frame starts a new utterance with fresh counters.
+"""
+
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["EndpointRule", "EndpointConfig", "Endpointer", "DEFAULT_ENDPOINTING", "voiced_frames"]
+
+
+class EndpointRule(NamedTuple):
+    """One rule: fires when all its conditions hold."""
+
+    must_contain_nonsilence: bool
+    min_trailing_silence: float  # seconds
+    min_utterance_length: float  # seconds
+
+
+class EndpointConfig(NamedTuple):
+    """Endpoint rules (any firing ends the utterance) and the energy VAD threshold."""
+
+    rule1: EndpointRule = EndpointRule(False, 2.4, 0.0)
+    rule2: EndpointRule = EndpointRule(True, 1.2, 0.0)
+    rule3: EndpointRule = EndpointRule(False, 0.0, 20.0)
+    vad_threshold_db: float = -45.0
+
+    @property
+    def rules(self) -> Sequence[EndpointRule]:
+        return (self.rule1, self.rule2, self.rule3)
+
+
+DEFAULT_ENDPOINTING = EndpointConfig()
+
+
+def voiced_frames(energy_db: np.ndarray, frames: int, threshold_db: float) -> np.ndarray:
+    """Energy VAD per encoder frame: whether any of its analysis frames reaches ``threshold_db``.
+
+    Args:
+        energy_db: Per analysis (mel) frame energy in dBFS, covering the encoder frames in order.
+        frames: Encoder output frames the analysis frames map onto (each takes an equal share).
+        threshold_db: Voice threshold in dBFS.
+    """
+    if frames <= 0:
+        return np.zeros(0, np.bool_)
+    loud = np.asarray(energy_db) >= threshold_db
+    edges = np.linspace(0, len(loud), frames + 1).round().astype(np.int64)
+    return np.array([bool(loud[a : max(b, a + 1)].any()) if a < len(loud) else False
+                     for a, b in zip(edges[:-1], edges[1:])], np.bool_)
+
+
+class Endpointer:
+    """Finds utterance ends in a sequence of encoder frames flagged silent or not.
+
+    Args:
+        config: Rules (seconds) and the VAD threshold.
+        frame_seconds: Audio per encoder frame (hop × subsampling, e.g. 0.08 s).
+        state: A previous ``state`` dict to continue from (``None``: a new stream).
+    """
+
+    def __init__(self, config: EndpointConfig, frame_seconds: float, state: Optional[Dict[str, int]] = None):
+        self.config = config
+        self.frame_seconds = frame_seconds
+        state = state or {}
+        self.frames = int(state.get("frames", 0))  # frames seen in the stream
+        self.length = int(state.get("length", 0))  # frames in the current utterance
+        self.trailing = int(state.get("trailing", 0))  # trailing silent frames of the utterance
+
+    @property
+    def state(self) -> Dict[str, int]:
+        """The counters as plain ints (to store between calls)."""
+        return {"frames": self.frames, "length": self.length, "trailing": self.trailing}
+
+    def feed(self, silent: Sequence[bool]) -> List[int]:
+        """Takes the next frames' silence flags; returns the stream frame indices that end an
+        utterance (the utterance includes that frame; the next frame starts a new one)."""
+        ends: List[int] = []
+        for flag in silent:
+            self.length += 1
+            self.trailing = self.trailing + 1 if flag else 0
+            if self._fires():
+                ends.append(self.frames)
+                self.length = self.trailing = 0
+            self.frames += 1
+        return ends
+
+    def _fires(self) -> bool:
+        length = self.length * self.frame_seconds
+        trailing = self.trailing * self.frame_seconds
+        nonsilence = self.length > self.trailing
+        return any((nonsilence or not rule.must_contain_nonsilence) and trailing >= rule.min_trailing_silence
+                   and length >= rule.min_utterance_length for rule in self.config.rules)
