@@ -15,10 +15,10 @@ checkpoint. Clips are batched by length, so a model call pads little.
 """
 
 import argparse
-import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-from pipelines.asr_flags import parse_context
+from operators.asr.embedded_vocabulary import WORDS, describe
+from pipelines.asr_flags import check_asr_model, parse_context
 from pipelines.common import ConfigError
 from pipelines.job import Job, Retry
 
@@ -34,7 +34,7 @@ class Transcribe(Job):
                   "(each one is a shard of the output)")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--model", default=None, help=".nemo model (default: the embedded model)")
+        parser.add_argument("--model", default=None, help=f".nemo model (default: the embedded model; {describe()})")
         parser.add_argument("--att-context", default=None, help="look-ahead as L,R (e.g. 70,13 or 70,0)")
         parser.add_argument("--decoder", choices=("ctc", "rnnt"), default=None,
                             help="hybrid models: which head (default: rnnt for hybrid models)")
@@ -50,9 +50,8 @@ class Transcribe(Job):
         if args.batch_seconds <= 0:
             raise ConfigError("--batch-seconds must be positive, e.g. 120")
         args.context = parse_context(args.att_context)
-        if args.model is not None and not os.path.isfile(args.model):
-            raise ConfigError(f"--model {args.model!r} does not exist; pass a .nemo file or omit it for the default")
-        check_model(args.model, args.context, args.decoder)
+        check_asr_model(args.model, "--model", args.context, args.decoder,
+                        alternative=" (or omit --model for the embedded model)")
 
     def table_spec(self, args: argparse.Namespace) -> Any:
         from schemas.asr import TRANSCRIPTS_TABLE
@@ -92,26 +91,13 @@ class Transcribe(Job):
             "transcripts": sum(m["rows"] for m in manifests),
             "audio_s": round(sum(m.get("audio_s", 0.0) for m in manifests), 3),
             "models": sorted({name for m in manifests for name in m.get("models", [])}),
+            **({"embedded_model_words": WORDS} if args.model is None else {}),
         }
 
 
 def audio_bytes(item: Any) -> int:
     """Decoded bytes of an ``AudioItem`` (for the ``Read`` stage's byte counter)."""
     return int(item.samples.nbytes)
-
-
-def check_model(model: Optional[str], context: Optional[Tuple[int, int]], decoder: Optional[str]) -> None:
-    """Loads the model once, so a bad file, context or decoder fails before the pipeline starts."""
-    from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo
-
-    path = model or EMBEDDED_MODEL
-    try:
-        load_nemo(path, context, decoder)
-    except Exception as err:  # noqa: BLE001 - any model the operator cannot load is a configuration error
-        raise ConfigError(
-            f"--model {path!r} cannot be used with --att-context {context} --decoder {decoder}: {err}; "
-            "pass a NeMo FastConformer .nemo checkpoint and a context/decoder it supports"
-        )
 
 
 def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> Dict[str, Any]:

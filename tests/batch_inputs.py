@@ -95,3 +95,12 @@ def read_manifests(out: str) -> Dict[str, Dict]:
             manifest = json.load(f)
         manifests[manifest["source"]] = manifest
     return manifests
+
+
+def check_accounting(out: str, sources) -> Dict[str, Dict]:
+    """Every input shard is done and its records are its rows + dead letters + filtered."""
+    manifests = read_manifests(out)
+    assert sorted(manifests) == sorted(sources)
+    for m in manifests.values():
+        assert m["records"] == m["rows"] + m["dead_letters"] + m["filtered"], m
+    return manifests

@@ -8,9 +8,9 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from batch_inputs import (
+    check_accounting,
     png_bytes,
     read_dead_letters,
-    read_manifests,
     read_rows,
     tiny_asr_model,
     video_bytes,
@@ -25,15 +25,6 @@ from pipelines.tools.make_samples import write_tar
 
 def in_process():
     return TestPipeline(runner=FnApiRunner())
-
-
-def check_accounting(out, sources):
-    """Every input shard is done and its records are its rows + dead letters + filtered."""
-    manifests = read_manifests(out)
-    assert sorted(manifests) == sorted(sources)
-    for m in manifests.values():
-        assert m["records"] == m["rows"] + m["dead_letters"] + m["filtered"], m
-    return manifests
 
 
 @pytest.fixture(scope="module")

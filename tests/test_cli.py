@@ -108,3 +108,13 @@ def test_help_formatter_leaves_flags_without_a_meaningful_default_alone():
     parser.add_argument("--y", action="store_true", help="y")
     text = parser.format_help()
     assert "x (default: 3)" in text and "y (default" not in text
+
+
+def test_transcribe_help_names_the_embedded_models_words(capsys):
+    from operators.asr.embedded_vocabulary import COMMANDS, WORDS
+
+    with pytest.raises(SystemExit):
+        main(["transcribe", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"knows only {len(WORDS)} English words" in out
+    assert "zero-nine" in out and all(word in out for word in COMMANDS)

@@ -9,7 +9,8 @@ from operators.asr.nemo_checkpoint import EMBEDDED_MODEL
 from operators.asr.vocabulary import SentencePieceVocabulary
 from pipelines.common import ConfigError
 from pipelines.tools import train_asr
-from pipelines.tools.train_asr import VOCABULARY, train_tokenizer, word_error_rate
+from operators.asr.embedded_vocabulary import WORDS
+from pipelines.tools.train_asr import train_tokenizer, word_error_rate
 
 
 def test_word_error_rate_counts_edits_over_reference_words():
@@ -22,11 +23,11 @@ def test_word_error_rate_counts_edits_over_reference_words():
 
 def test_tokenizer_gives_one_piece_per_vocabulary_word():
     rng = random.Random(0)
-    texts = [" ".join(VOCABULARY)] * 4 + [
-        " ".join(rng.choice(VOCABULARY) for _ in range(rng.randint(1, 4))) for _ in range(2000)
+    texts = [" ".join(WORDS)] * 4 + [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4))) for _ in range(2000)
     ]
     vocab = SentencePieceVocabulary(train_tokenizer(texts, 64))
-    assert all(len(vocab.encode(word)) == 1 for word in VOCABULARY)
+    assert all(len(vocab.encode(word)) == 1 for word in WORDS)
     assert vocab.decode(vocab.encode("seven go left")) == "seven go left"
 
 

@@ -27,18 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from operators.asr.config import EncoderConfig, ModelConfig
+from operators.asr.embedded_vocabulary import WORDS
 from operators.asr.model import FastConformerASR
 from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo, read_nemo_archive, save_nemo
 from operators.asr.streaming import StreamingASR
 from operators.asr.vocabulary import SentencePieceVocabulary
 from pipelines.common import ConfigError
 
-DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-COMMANDS = [
-    "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
-    "start", "pause", "play", "next", "back", "open", "close", "louder", "quieter", "help",
-]
-VOCABULARY = DIGITS + COMMANDS
 ACCENTS = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc"]
 TRAIN_VARIANTS = [
     "m1", "m2", "m3", "m5", "m7", "f1", "f2", "f3", "f5", "klatt", "klatt3", "klatt4",
@@ -63,13 +58,8 @@ def synthesize(text: str, voice: str, rate: int, pitch: int, gap: int) -> np.nda
     return resample_poly(samples, SAMPLE_RATE, source_rate).astype(np.float32)
 
 
-def _utterance(seed: int, variants: Sequence[str]) -> Tuple[np.ndarray, str, str]:
-    rng = random.Random(seed)
-    words = [rng.choice(VOCABULARY) for _ in range(rng.randint(1, 4))]
-    text = " ".join(words)
-    voice = f"{rng.choice(ACCENTS)}+{rng.choice(variants)}"
-    audio = synthesize(text, voice, rng.randint(120, 210), rng.randint(25, 75), rng.randint(0, 8))
-    noise_rng = np.random.default_rng(seed)
+def _noisy(audio: np.ndarray, rng: random.Random, noise_rng: np.random.Generator) -> np.ndarray:
+    """Pads ``audio`` with silence, changes its gain and adds white or brown noise at 10-40 dB SNR."""
     lead = np.zeros(int(rng.uniform(0.0, 0.4) * SAMPLE_RATE), np.float32)
     tail = np.zeros(int(rng.uniform(0.05, 0.4) * SAMPLE_RATE), np.float32)
     audio = np.concatenate([lead, audio, tail]) * rng.uniform(0.3, 1.5)
@@ -80,7 +70,50 @@ def _utterance(seed: int, variants: Sequence[str]) -> Tuple[np.ndarray, str, str
         noise = np.cumsum(noise).astype(np.float32)
         noise -= np.convolve(noise, np.ones(64) / 64, mode="same").astype(np.float32)
     noise *= math.sqrt(power / (10 ** (snr_db / 10)) / (float(np.mean(noise**2)) + 1e-12))
-    return np.clip(audio + noise, -1.0, 1.0).astype(np.float32), text, voice
+    return np.clip(audio + noise, -1.0, 1.0).astype(np.float32)
+
+
+def _utterance(seed: int, variants: Sequence[str]) -> Tuple[np.ndarray, str, str]:
+    rng = random.Random(seed)
+    words = [rng.choice(WORDS) for _ in range(rng.randint(1, 4))]
+    text = " ".join(words)
+    voice = f"{rng.choice(ACCENTS)}+{rng.choice(variants)}"
+    audio = synthesize(text, voice, rng.randint(120, 210), rng.randint(25, 75), rng.randint(0, 8))
+    return _noisy(audio, rng, np.random.default_rng(seed)), text, voice
+
+
+def long_utterance(seed: int, variants: Sequence[str], seconds: Tuple[float, float],
+                   words: Sequence[str] = WORDS) -> Tuple[np.ndarray, str, str]:
+    """A digit string or command sequence lasting about ``seconds`` (drawn in the range), one voice.
+
+    Phrases of 1-16 words, each read by espeak-ng in one go, are joined with pauses of 0-0.6 s, so
+    the model hears both list prosody over many words and gaps between phrases.
+    """
+    rng = random.Random(seed)
+    voice = f"{rng.choice(ACCENTS)}+{rng.choice(variants)}"
+    rate, pitch, gap = rng.randint(120, 210), rng.randint(25, 75), rng.randint(0, 8)
+    target = rng.uniform(*seconds) * SAMPLE_RATE
+    pieces, spoken, length = [], [], 0
+    while length < target:
+        phrase = [rng.choice(words) for _ in range(rng.randint(1, 16))]
+        budget_words = max(1, int(len(phrase) * (target - length) / (len(phrase) * 0.45 * SAMPLE_RATE)))
+        phrase = phrase[:budget_words]
+        audio = synthesize(" ".join(phrase), voice, rate, pitch, gap)
+        pause = np.zeros(int(rng.uniform(0.0, 0.6) * SAMPLE_RATE), np.float32)
+        pieces += [audio, pause]
+        spoken += phrase
+        length += len(audio) + len(pause)
+    return _noisy(np.concatenate(pieces), rng, np.random.default_rng(seed)), " ".join(spoken), voice
+
+
+def long_test_set(count: int, seed: int, workers: int) -> List[Tuple[np.ndarray, str, str]]:
+    """Held-out long set: 20-60 s digit strings and command sequences (alternating), held-out voices."""
+    from operators.asr.embedded_vocabulary import COMMANDS, DIGITS
+
+    jobs = [(seed * 1_000_003 + i, tuple(HELD_OUT_VARIANTS), (20.0, 60.0), tuple(DIGITS if i % 2 == 0 else COMMANDS))
+            for i in range(count)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.starmap(long_utterance, jobs)
 
 
 def _utterance_job(args):
@@ -295,7 +328,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
         operator = load_nemo(args.init_from)
         model, vocabulary = operator.model, operator.vocabulary
     else:
-        tokenizer_bytes = train_tokenizer([" ".join(VOCABULARY)] * 4 + [text for _, text, _ in train_set], 64)
+        tokenizer_bytes = train_tokenizer([" ".join(WORDS)] * 4 + [text for _, text, _ in train_set], 64)
         vocabulary = SentencePieceVocabulary(tokenizer_bytes)
         config = ModelConfig(
             encoder=EncoderConfig(
