@@ -10,9 +10,18 @@ TORCH_PIP_FLAGS ?=
 SAMPLES := data/samples
 DEMO_OUT := out/demo
 
-.PHONY: install install-cuda demo test bench assets samples clean
+.PHONY: install install-cuda system-deps demo test bench assets samples clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed system-deps
+
+# Speech (espeak-ng) and a headless browser (chromium) for the live tests, from Debian's packages
+# where we are root and they are missing; without them those tests skip and say why.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { ! command -v espeak-ng >/dev/null || ! command -v chromium >/dev/null; }; then \
+	  echo "installing espeak-ng and chromium with apt-get"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng chromium) >/dev/null 2>&1 \
+	  || echo "note: apt-get could not install espeak-ng/chromium; the speech and browser tests will skip"; fi
 
 $(VENV)/.installed: setup.py
 	@echo "installing into $(VENV) (a few minutes the first time)"
@@ -20,6 +29,9 @@ $(VENV)/.installed: setup.py
 	@$(PIP) install --upgrade pip
 	@$(PIP) install $(TORCH_PIP_FLAGS) torch==2.13.0
 	@$(PIP) install -e '.[test,bench]'
+	@# MDS reader of tests/test_exports.py: mosaicml-streaming pins numpy<2.2, so without its pins
+	@$(PIP) install --no-deps mosaicml-streaming==0.13.0
+	@$(PIP) install zstd python-snappy catalogue brotli transformers
 	@touch $@
 
 install-cuda: install
@@ -29,7 +41,8 @@ samples: install
 	@$(VENV)/bin/mediabeam make-samples --output $(SAMPLES)
 
 demo: samples
-	@$(VENV)/bin/mediabeam build-corpus --input '$(SAMPLES)/shard-{000000..000003}.tar' --output $(DEMO_OUT)
+	@$(VENV)/bin/mediabeam build-corpus --input '$(SAMPLES)/shard-{000000..000003}.tar' --output $(DEMO_OUT) \
+	    --export all --seq-len 4096
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests

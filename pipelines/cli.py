@@ -13,9 +13,11 @@ from pipelines.common import ConfigError
 JOBS: Dict[str, str] = {
     "build-corpus": "pipelines.build_corpus:run",
     "compress-features": "pipelines.compress_features:run",
+    "evaluate-tokenizers": "pipelines.evaluate_tokenizers:run",
     "fit-tokenizer": "pipelines.fit_tokenizer:run",
     "make-tokenizer-assets": "pipelines.tools.make_tokenizer_assets:run",
     "make-samples": "pipelines.tools.make_samples:run",
+    "make-eval-set": "pipelines.tools.make_eval_set:run",
     "live-asr": "pipelines.live_asr:run",
     "live-video": "pipelines.live_video:run",
     "send": "pipelines.tools.send:run",
@@ -27,9 +29,11 @@ JOBS: Dict[str, str] = {
 DESCRIPTIONS: Dict[str, str] = {
     "build-corpus": "tokenize sharded media into a Parquet (and WebDataset) token corpus",
     "compress-features": "split a model at a layer, compress its features, report rate vs quality",
+    "evaluate-tokenizers": "encode, decode and measure tokenizers per setting: a rate-quality report",
     "fit-tokenizer": "fit semantic-audio / dual-image codebooks on shards (distributed k-means)",
     "make-tokenizer-assets": "fit the default learned-tokenizer models shipped in operators/assets",
     "make-samples": "write the embedded synthetic sample shards (no download)",
+    "make-eval-set": "write shards of real photos, voices and camera clips from installed packages",
     "live-asr": "live transcription of concurrent audio streams over TCP (Beam streaming)",
     "live-video": "live per-frame CoX3D predictions for concurrent video streams over TCP",
     "send": "stream a local audio/video file to a live pipeline (real time or faster)",
