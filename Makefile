@@ -29,9 +29,10 @@ $(VENV)/.installed: setup.py
 	@$(PIP) install --upgrade pip
 	@$(PIP) install $(TORCH_PIP_FLAGS) torch==2.13.0
 	@$(PIP) install -e '.[test,bench]'
-	@# MDS reader of tests/test_exports.py: mosaicml-streaming pins numpy<2.2, so without its pins
-	@$(PIP) install --no-deps mosaicml-streaming==0.13.0
+	@# MDS reader of tests/test_exports.py: mosaicml-streaming pins numpy<2.2, so it comes without
+	@# its pins, after the few packages its import needs (--no-deps also skips pip's conflict report)
 	@$(PIP) install zstd python-snappy catalogue brotli transformers
+	@$(PIP) install --no-deps mosaicml-streaming==0.13.0
 	@touch $@
 
 install-cuda: install
