@@ -21,7 +21,7 @@ class NumpyTreeCoder(Coder):
     """
 
     def encode(self, value: Any) -> bytes:
-        parts: List[bytes] = []
+        parts: List[Any] = []  # bytes, and memoryviews of array data: one copy, in the join
         _encode_tree(value, parts)
         return b"".join(parts)
 
@@ -50,31 +50,18 @@ def _encode_str(text: str, parts: List[bytes]) -> None:
     parts.append(raw)
 
 
-def _encode_tree(value: Any, parts: List[bytes]) -> None:
-    if value is None:
-        parts.append(b"N")
-    elif isinstance(value, (bool, np.bool_)) and not isinstance(value, np.ndarray):
-        parts.append(b"T" if value else b"F")
-    elif isinstance(value, (int, np.integer)) and not isinstance(value, np.ndarray):
-        parts.append(b"I" + _I64.pack(int(value)))
-    elif isinstance(value, (float, np.floating)) and not isinstance(value, np.ndarray):
-        parts.append(b"D" + _F64.pack(float(value)))
-    elif isinstance(value, str):
-        parts.append(b"S")
-        _encode_str(value, parts)
-    elif isinstance(value, (bytes, bytearray)):
-        parts.append(b"B" + _U32.pack(len(value)))
-        parts.append(bytes(value))
-    elif isinstance(value, np.ndarray):
+def _encode_tree(value: Any, parts: List[Any]) -> None:
+    # Arrays and dicts first: they are nearly all of an engine state's nodes.
+    if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
             raise TypeError("object arrays cannot be coded")
         array = value.astype(value.dtype.newbyteorder("<")) if value.dtype.byteorder == ">" else value
+        array = array if array.flags.c_contiguous else array.copy(order="C")
         parts.append(b"A")
         _encode_str(array.dtype.str, parts)
         parts.append(_U32.pack(array.ndim) + b"".join(_I64.pack(d) for d in array.shape))
-        raw = array.tobytes(order="C")
-        parts.append(_I64.pack(len(raw)))
-        parts.append(raw)
+        parts.append(_I64.pack(array.nbytes))
+        parts.append(memoryview(array.reshape(-1).view(np.uint8)))  # no copy: ``encode`` joins once
     elif isinstance(value, dict):
         parts.append(b"M" + _U32.pack(len(value)))
         for key in sorted(value, key=_key_order):
@@ -84,6 +71,20 @@ def _encode_tree(value: Any, parts: List[bytes]) -> None:
         parts.append((b"L" if isinstance(value, list) else b"U") + _U32.pack(len(value)))
         for item in value:
             _encode_tree(item, parts)
+    elif value is None:
+        parts.append(b"N")
+    elif isinstance(value, (bool, np.bool_)):
+        parts.append(b"T" if value else b"F")
+    elif isinstance(value, (int, np.integer)):
+        parts.append(b"I" + _I64.pack(int(value)))
+    elif isinstance(value, (float, np.floating)):
+        parts.append(b"D" + _F64.pack(float(value)))
+    elif isinstance(value, str):
+        parts.append(b"S")
+        _encode_str(value, parts)
+    elif isinstance(value, (bytes, bytearray)):
+        parts.append(b"B" + _U32.pack(len(value)))
+        parts.append(bytes(value))
     else:
         raise TypeError(f"NumpyTreeCoder cannot code {type(value).__name__}")
 
