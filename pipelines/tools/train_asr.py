@@ -3,9 +3,11 @@
 Generates spoken digits and a small command vocabulary offline with espeak-ng (several accents,
 voice variants, speaking rates and pitches, with added noise and gain changes), trains a small
 multi-look-ahead cache-aware FastConformer CTC model with a SentencePiece vocabulary on CPU within
-a time budget, reports the WER on voice variants never used in training, offline and streaming,
-and writes the model as a NeMo-format ``.nemo`` archive (default: ``out/train-asr/asr_default.nemo``;
-the shipped embedded model under ``operators/assets/`` is replaced only with ``--install-as-default``).
+a time budget (optionally also on 6-40 s digit strings and command sequences, ``--num-long-train``),
+reports the WER on voice variants never used in training, offline and streaming, for short
+utterances and for 20-60 s digit strings and command sequences, and writes the model as a
+NeMo-format ``.nemo`` archive (default: ``out/train-asr/asr_default.nemo``; the shipped embedded
+model under ``operators/assets/`` is replaced only with ``--install-as-default``).
 Needs ``espeak-ng`` (``apt-get install -y espeak-ng``).
 """
 
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from operators.asr.config import EncoderConfig, ModelConfig
-from operators.asr.embedded_vocabulary import WORDS
+from operators.asr.embedded_vocabulary import COMMANDS, DIGITS, WORDS
 from operators.asr.model import FastConformerASR
 from operators.asr.nemo_checkpoint import EMBEDDED_MODEL, load_nemo, read_nemo_archive, save_nemo
 from operators.asr.streaming import StreamingASR
@@ -41,6 +43,7 @@ TRAIN_VARIANTS = [
     "Jacky", "Lee", "Marco", "Michael", "norbert", "pablo", "paul", "pedro", "Storm", "belinda",
 ]
 HELD_OUT_VARIANTS = ["m4", "m6", "f4", "klatt2", "Andy", "Annie", "david", "john", "linda", "max"]
+LONG_TRAIN_SECONDS = (6.0, 40.0)
 CONTEXTS = ((70, 13), (70, 6), (70, 1), (70, 0))
 SAMPLE_RATE = 16000
 
@@ -86,18 +89,19 @@ def long_utterance(seed: int, variants: Sequence[str], seconds: Tuple[float, flo
                    words: Sequence[str] = WORDS) -> Tuple[np.ndarray, str, str]:
     """A digit string or command sequence lasting about ``seconds`` (drawn in the range), one voice.
 
-    Phrases of 1-16 words, each read by espeak-ng in one go, are joined with pauses of 0-0.6 s, so
-    the model hears both list prosody over many words and gaps between phrases.
+    Half the utterances are read by espeak-ng in one go (list prosody over up to ~100 words, as a
+    user reading out a long string would make them); the other half are phrases of 1-16 words
+    joined with pauses of 0-0.6 s.
     """
     rng = random.Random(seed)
     voice = f"{rng.choice(ACCENTS)}+{rng.choice(variants)}"
     rate, pitch, gap = rng.randint(120, 210), rng.randint(25, 75), rng.randint(0, 8)
     target = rng.uniform(*seconds) * SAMPLE_RATE
+    in_one_go = rng.random() < 0.5
     pieces, spoken, length = [], [], 0
     while length < target:
-        phrase = [rng.choice(words) for _ in range(rng.randint(1, 16))]
-        budget_words = max(1, int(len(phrase) * (target - length) / (len(phrase) * 0.45 * SAMPLE_RATE)))
-        phrase = phrase[:budget_words]
+        remaining = max(1, math.ceil((target - length) / (0.6 * SAMPLE_RATE)))  # at most ~0.6 s a word
+        phrase = [rng.choice(words) for _ in range(remaining if in_one_go else min(remaining, rng.randint(1, 16)))]
         audio = synthesize(" ".join(phrase), voice, rate, pitch, gap)
         pause = np.zeros(int(rng.uniform(0.0, 0.6) * SAMPLE_RATE), np.float32)
         pieces += [audio, pause]
@@ -106,12 +110,15 @@ def long_utterance(seed: int, variants: Sequence[str], seconds: Tuple[float, flo
     return _noisy(np.concatenate(pieces), rng, np.random.default_rng(seed)), " ".join(spoken), voice
 
 
-def long_test_set(count: int, seed: int, workers: int) -> List[Tuple[np.ndarray, str, str]]:
-    """Held-out long set: 20-60 s digit strings and command sequences (alternating), held-out voices."""
-    from operators.asr.embedded_vocabulary import COMMANDS, DIGITS
+def long_test_set_of(count: int, seed: int, workers: int) -> List[Tuple[np.ndarray, str, str]]:
+    """The long held-out set: 20-60 s digit strings and command sequences (alternating), held-out voices."""
+    return generate_long(count, HELD_OUT_VARIANTS, seed, workers, (20.0, 56.0), (DIGITS, COMMANDS))
 
-    jobs = [(seed * 1_000_003 + i, tuple(HELD_OUT_VARIANTS), (20.0, 60.0), tuple(DIGITS if i % 2 == 0 else COMMANDS))
-            for i in range(count)]
+
+def generate_long(count: int, variants: Sequence[str], seed: int, workers: int, seconds: Tuple[float, float],
+                  pools: Sequence[Sequence[str]]) -> List[Tuple[np.ndarray, str, str]]:
+    """Synthesises ``count`` long utterances; utterance ``i`` draws its words from ``pools[i % len(pools)]``."""
+    jobs = [(seed * 1_000_003 + i, tuple(variants), seconds, tuple(pools[i % len(pools)])) for i in range(count)]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         return pool.starmap(long_utterance, jobs)
 
@@ -268,6 +275,19 @@ def evaluate(operator: StreamingASR, audio: Sequence[np.ndarray], texts: Sequenc
     return word_error_rate(texts, offline), word_error_rate(texts, streaming), offline == streaming
 
 
+def held_out_wer(operator: StreamingASR, test_set: Sequence[Tuple[np.ndarray, str, str]], name: str) -> dict:
+    """WER offline and streaming at every look-ahead, as report entries ``<name>_<left>_<right>``."""
+    audio, texts = [a for a, _, _ in test_set], [t for _, t, _ in test_set]
+    report = {}
+    for context in CONTEXTS:
+        wer_offline, wer_streaming, identical = evaluate(operator.with_context(context), audio, texts, batch=8)
+        report[f"{name}_{context[0]}_{context[1]}"] = {
+            "offline": wer_offline, "streaming": wer_streaming, "identical_transcripts": identical}
+        print(f"{name} at {list(context)}: offline {wer_offline:.4f} streaming {wer_streaming:.4f} "
+              f"(identical transcripts: {identical})")
+    return report
+
+
 DEFAULT_OUTPUT = os.path.join("out", "train-asr", "asr_default.nemo")
 
 
@@ -296,6 +316,11 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
                         help="also replace the shipped embedded model operators/assets/asr_default.nemo")
     parser.add_argument("--num-train", type=int, default=6000, help="training utterances")
     parser.add_argument("--num-test", type=int, default=300, help="held-out-voice test utterances")
+    parser.add_argument("--num-long-train", type=int, default=0,
+                        help="extra long training utterances (%.0f-%.0f s digit strings, command sequences "
+                             "and mixed lists)" % LONG_TRAIN_SECONDS)
+    parser.add_argument("--num-long-test", type=int, default=20,
+                        help="held-out-voice long test utterances (20-60 s digit strings and command sequences)")
     parser.add_argument("--train-minutes", type=float, default=20.0, help="training time budget")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest for this small model on a shared machine)")
@@ -311,7 +336,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
                         help="continue training a .nemo model made by this job (keeps its tokenizer and shape)")
     parser.add_argument("--report", default=None, help="optional JSON report path")
     args = parser.parse_args(argv)
-    targets = output_paths(args.output, args.install_as_default)
+    destinations = output_paths(args.output, args.install_as_default)
     if subprocess.run(["which", "espeak-ng"], capture_output=True).returncode != 0:
         raise ConfigError("espeak-ng is not installed; run `apt-get install -y espeak-ng` first")
     torch.manual_seed(args.seed)
@@ -321,7 +346,15 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
                         lambda: generate(args.num_train, TRAIN_VARIANTS, args.seed, args.workers))
     test_set = _cached(args.cache_dir, f"test-{args.num_test}-{args.seed}",
                        lambda: generate(args.num_test, HELD_OUT_VARIANTS, args.seed + 1, args.workers))
-    print(f"synthesised {len(train_set)} train / {len(test_set)} held-out utterances in {time.time() - began:.0f}s")
+    if args.num_long_train:
+        train_set = train_set + _cached(
+            args.cache_dir, f"train-long-{args.num_long_train}-{args.seed}",
+            lambda: generate_long(args.num_long_train, TRAIN_VARIANTS, args.seed + 2, args.workers,
+                                  LONG_TRAIN_SECONDS, (DIGITS, COMMANDS, WORDS)))
+    long_test_set = _cached(args.cache_dir, f"test-long-{args.num_long_test}-{args.seed}",
+                            lambda: long_test_set_of(args.num_long_test, args.seed + 1, args.workers))
+    print(f"synthesised {len(train_set)} train / {len(test_set)} held-out / {len(long_test_set)} long held-out "
+          f"utterances in {time.time() - began:.0f}s")
     if args.init_from:
         members = read_nemo_archive(args.init_from)
         tokenizer_bytes = next(data for name, data in members.items() if name.endswith("_tokenizer.model"))
@@ -350,7 +383,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     steps = train(model, features, targets, args.train_minutes, args.batch_frames, args.seed, args.lr)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     save_nemo(args.output, model, tokenizer_model=tokenizer_bytes, weight_dtype=torch.float16)
-    for target in targets[1:]:
+    for target in destinations[1:]:  # the shipped model, with --install-as-default
         temporary = f"{target}.tmp-{os.getpid()}"
         shutil.copyfile(args.output, temporary)
         os.replace(temporary, target)
@@ -360,13 +393,8 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
               "init_from": args.init_from, "train_utterances": len(train_set),
               "test_utterances": len(test_set), "held_out_variants": HELD_OUT_VARIANTS,
               "model_bytes": os.path.getsize(args.output)}
-    audio, texts = [a for a, _, _ in test_set], [t for _, t, _ in test_set]
-    for context in CONTEXTS:
-        wer_offline, wer_streaming, identical = evaluate(shipped.with_context(context), audio, texts)
-        report[f"wer_{context[0]}_{context[1]}"] = {
-            "offline": wer_offline, "streaming": wer_streaming, "identical_transcripts": identical}
-        print(f"held-out WER at {list(context)}: offline {wer_offline:.4f} streaming {wer_streaming:.4f} "
-              f"(identical transcripts: {identical})")
+    report.update(held_out_wer(shipped, test_set, "wer"))
+    report.update(held_out_wer(shipped, long_test_set, "long_wer"))
     report["total_seconds"] = round(time.time() - began, 1)
     print(json.dumps(report))
     if args.report:
