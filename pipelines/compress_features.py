@@ -116,8 +116,9 @@ class CompressFeatures(Job):
 
     def summary_extras(self, args: argparse.Namespace, manifests: List[Dict[str, Any]]) -> Dict[str, Any]:
         from operators.compression.split_compute import summary_by_rate
+        from pipelines import job_output
 
-        rows = read_feature_rows(args.output, manifests)
+        rows = job_output.read_product_rows(args.output, manifests, "features", FEATURE_COLUMNS)
         return {
             "split_at": args.split_at,
             "samples": sum(m["rows"] for m in manifests),
@@ -156,20 +157,6 @@ def check_model(args: argparse.Namespace) -> None:
         raise ConfigError(f"codebooks need channel vectors; {args.split_at} outputs shape {tuple(shape[1:])}")
     if args.sizes and shape[1] % args.codebook_groups:
         raise ConfigError(f"--codebook-groups {args.codebook_groups} must divide the {shape[1]} channels at {args.split_at}")
-
-
-def read_feature_rows(output_dir: str, manifests: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The summary columns of every feature part the manifests list."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
-    rows: List[Dict[str, Any]] = []
-    for manifest in manifests:
-        for rel in manifest["files"]:
-            if rel.startswith("features/") and rel.endswith(".parquet"):
-                with FileSystems.open(FileSystems.join(output_dir, *rel.split("/"))) as f:
-                    rows.extend(pq.read_table(f, columns=FEATURE_COLUMNS).to_pylist())
-    return rows
 
 
 def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> Dict[str, Any]:

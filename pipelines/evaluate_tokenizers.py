@@ -169,8 +169,9 @@ class EvaluateTokenizersJob(Job):
 
     def summary_extras(self, args: argparse.Namespace, manifests: List[Dict[str, Any]]) -> Dict[str, Any]:
         from operators.quality.aggregate import by_setting, worst_samples
+        from pipelines import job_output
 
-        rows = read_quality_rows(args.output, manifests)
+        rows = job_output.read_product_rows(args.output, manifests, "quality", QUALITY_COLUMNS)
         return {
             "samples_measured": len({(r["source"], r["key"]) for r in rows}),
             "settings": [f"{s.tokenizer}:{s.label}" for s in args.settings],
@@ -235,20 +236,6 @@ def x3d_name(x3d: Optional[Tuple[str, Optional[str]]]) -> Optional[str]:
     if x3d is None:
         return None
     return f"x3d_{x3d[0]}@{os.path.basename(x3d[1]) if x3d[1] else 'random-weights'}"
-
-
-def read_quality_rows(output_dir: str, manifests: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The summary columns of every quality part the manifests list."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
-    rows: List[Dict[str, Any]] = []
-    for manifest in manifests:
-        for rel in manifest["files"]:
-            if rel.startswith("quality/") and rel.endswith(".parquet"):
-                with FileSystems.open(FileSystems.join(output_dir, *rel.split("/"))) as f:
-                    rows.extend(pq.read_table(f, columns=QUALITY_COLUMNS).to_pylist())
-    return rows
 
 
 def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> Dict[str, Any]:

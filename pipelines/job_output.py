@@ -33,6 +33,20 @@ def filtered_records(output_dir: str, sources: Sequence[str]) -> Dict[str, List[
     return _retry.filtered_records(output_dir, list(sources))
 
 
+def read_product_rows(output_dir: str, manifests: Sequence[Dict[str, Any]], table: str,
+                      columns: Sequence[str]) -> List[Dict[str, Any]]:
+    """``columns`` of every Parquet part of product ``table`` the shard ``manifests`` list, as dicts."""
+    import pyarrow.parquet as pq
+
+    rows: List[Dict[str, Any]] = []
+    for manifest in manifests:
+        for rel in manifest["files"]:
+            if rel.startswith(f"{table}/") and rel.endswith(".parquet"):
+                with FileSystems.open(layout.join(output_dir, rel)) as f:
+                    rows.extend(pq.read_table(f, columns=list(columns)).to_pylist())
+    return rows
+
+
 def read_dead_letters(manifests: Sequence[Dict[str, Any]], output_dir: str) -> List[Dict[str, str]]:
     """Every dead letter of the shards of ``manifests``, as dicts."""
     rows: List[Dict[str, str]] = []
