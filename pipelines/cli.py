@@ -6,7 +6,7 @@ import importlib.metadata
 import sys
 from typing import Dict, List, Optional
 
-from pipelines.common import ConfigError
+from pipelines.common import ConfigError, quiet_beam_warnings
 
 # Job name -> "module:function". Modules are imported only when their job runs, so a
 # job's heavy dependencies never slow down another job or ``--help``.
@@ -85,6 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         hint = f" Did you mean {near!r}?" if near else ""
         print(f"mediabeam: unknown job {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
+    quiet_beam_warnings()  # before a job module imports Beam (the live jobs do at import time)
     module_name, func_name = JOBS[name].split(":")
     job = getattr(importlib.import_module(module_name), func_name)
     try:

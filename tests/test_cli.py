@@ -118,3 +118,10 @@ def test_transcribe_help_names_the_embedded_models_words(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert f"knows only {len(WORDS)} English words" in out
     assert "zero-nine" in out and all(word in out for word in COMMANDS)
+
+
+def test_live_job_help_prints_no_beam_import_warnings():
+    """The live jobs import Beam at import time; its "apitools not found" warning stays silent."""
+    result = _mediabeam("live-asr", "--help")
+    assert result.returncode == 0 and "--ws-port" in result.stdout
+    assert "apitools" not in result.stdout + result.stderr and "WARNING" not in result.stderr
