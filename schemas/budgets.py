@@ -50,8 +50,9 @@ class Budgets:
         live_connections: Most WebSocket clients connected to one live source at once.
         live_client_bytes_per_second: Most bytes per second one WebSocket client may send
             (a token bucket holding one second's worth).
-        live_reply_bytes: Event bytes waiting to be sent to one WebSocket client; a client that
-            reads slower than its events come is dropped (the others never wait for it).
+        live_reply_bytes: Event bytes waiting to be sent to one client (WebSocket, or TCP with
+            ``--reply``); a client that reads slower than its events come is dropped (the
+            others never wait for it).
     """
 
     member_bytes: int = 1 << 30

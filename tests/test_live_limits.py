@@ -133,3 +133,46 @@ def test_live_server_listens_on_loopback_by_default():
 
     with pytest.raises(ConfigError, match="unknown budget 'live_stream'"):
         check_live_flags(parser.parse_args(["--budget", "live_stream=8"]))
+
+
+def test_tcp_client_reading_too_slowly_never_blocks_replies_to_others():
+    """A TCP client that never reads its events: replies to it return at once (never blocking the
+    pipeline), another client on the same listener gets every line, and once ``live_reply_bytes``
+    wait for the stalled one it is dropped with an error event naming the budget."""
+    import socket
+    import time
+
+    from transforms.live.pollers import SourceSpec, TcpListener
+
+    listener = TcpListener(SourceSpec("tcp", "127.0.0.1:0", Budgets(live_reply_bytes=1 << 20)))
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect((listener.host, listener.port))
+    reading = socket.create_connection((listener.host, listener.port))
+    try:
+        deadline = time.time() + 5
+        while len(listener._conns) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        stalled_id, reading_id = sorted(listener._conns)  # connection ids in accept order
+        line = "x" * 20000
+        slowest, accepted = 0.0, 0
+        for _ in range(200):  # 4 MB for a client that reads nothing
+            start = time.perf_counter()
+            accepted += listener.reply(stalled_id, line)
+            slowest = max(slowest, time.perf_counter() - start)
+            assert listener.reply(reading_id, "ok")
+        assert slowest < 0.05, slowest  # handing a line over never waits for the client
+        assert 0 < accepted < 200  # some lines were taken, then the budget was exceeded
+        assert not listener.reply(stalled_id, line)  # dropped
+        got = b""
+        reading.settimeout(5)
+        while got.count(b"\n") < 200:
+            got += reading.recv(1 << 16)
+        assert got == b"ok\n" * 200
+        [error] = listener.drain(1.0)
+        assert error.key == f"{stalled_id}#-1" and error.error_type == "BudgetExceeded"
+        assert "live_reply_bytes=1048576" in error.message and "reads too slowly" in error.message
+    finally:
+        stalled.close()
+        reading.close()
+        listener.close()

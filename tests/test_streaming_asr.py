@@ -142,6 +142,25 @@ def test_streams_join_leave_and_idle():
         assert (got - expected[k]).abs().max() < 1e-10
 
 
+def test_kv_cache_rebuilt_from_attention_cache_equals_the_stepped_one():
+    """``kv_cache_from(cache_last_channel)`` gives the key/value cache the steps built, on every
+    cached frame of every stream (a stream can be stored without it)."""
+    op = _operator((12, 1), torch.float64, seed=4)
+    lengths = torch.tensor([97, 40, 9])
+    features = torch.randn(3, 80, 97, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    state = op.initial_state(3)
+    for steps, (chunk, chunk_lengths) in enumerate(op.iter_chunks(features, lengths)):
+        _, state = op.step(chunk, chunk_lengths, state)
+        if steps == 4:
+            break
+    rebuilt = op.model.encoder.kv_cache_from(state.cache_last_channel)
+    left = state.cache_last_kv.shape[2]
+    for row, cached in enumerate(state.cache_last_channel_len.tolist()):
+        assert cached > 0
+        got, want = rebuilt[:, row, left - cached :], state.cache_last_kv[:, row, left - cached :]
+        assert (got - want).abs().max() < 1e-12, row
+
+
 def test_state_numpy_round_trip_and_rejects_wrong_shapes():
     op = _operator((70, 13), seed=10)
     features = torch.randn(2, 80, 400, generator=torch.Generator().manual_seed(11))

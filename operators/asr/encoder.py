@@ -102,6 +102,21 @@ class FastConformerEncoder(nn.Module):
             torch.zeros(c.n_layers, batch, left, 2 * c.d_model, dtype=dtype),
         )
 
+    @torch.no_grad()
+    def kv_cache_from(self, att_cache: torch.Tensor) -> torch.Tensor:
+        """The ``cache_last_kv`` field that goes with ``att_cache [layers, B, L, d]``: each
+        layer's key/value projections of its cached frames (``[layers, B, L, 2d]``).
+
+        A stream's state can be stored without its key/value cache (two thirds of its bytes)
+        and the cache rebuilt from ``cache_last_channel`` before a step; frames before the
+        stream's start get projections of zeros, which the attention mask hides.
+        """
+        layers, batch, frames, d_model = att_cache.shape
+        out = att_cache.new_empty(layers, batch, frames, 2 * d_model)
+        for i, layer in enumerate(self.layers):
+            layer.self_attn.key_values(att_cache[i].reshape(-1, d_model), out=out[i].view(-1, 2 * d_model))
+        return out
+
     def check_state(self, state: StreamState, att_context: Sequence[int]) -> None:
         """Raises ``ValueError`` naming the field when a state does not fit this model and context."""
         c = self.config

@@ -212,11 +212,17 @@ class ConformerConvolution(_Prepacked, nn.Module):
 
 
 def _window(full: torch.Tensor, offset: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """Per-row slice ``full[b, offset[b] : offset[b] + size]`` along ``dim`` (1 or 2)."""
+    """Per-row slice ``full[b, offset[b] : offset[b] + size]`` along ``dim`` (1 or 2).
+
+    When every row has the same offset (streams stepping whole chunks together, the usual live
+    case) this is a view; otherwise a gather, which costs several times a copy on CPU.
+    """
     if size == 0:
         shape = list(full.shape)
         shape[dim] = 0
         return full.new_zeros(shape)
+    if len(offset) and bool((offset == offset[0]).all()):
+        return full.narrow(dim, int(offset[0]), size)
     index = offset.view(-1, 1) + torch.arange(size, device=full.device).view(1, -1)
     if dim == 1:
         index = index.unsqueeze(-1).expand(-1, -1, full.shape[2])
@@ -257,6 +263,18 @@ class RelPositionMultiHeadAttention(nn.Module):
             memo[key] = self.linear_pos(pos).view(-1, self.h, self.d_k).transpose(0, 1).contiguous()
         return memo[key]
 
+    def key_values(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[..., 2d]``: the key and value projections of normalised attention inputs ``x [..., d]``.
+
+        With ``out`` (a contiguous ``[rows, 2d]`` tensor, ``x`` then ``[rows, d]``) both are
+        written there by one matrix product, with no intermediate copies (gradients off).
+        """
+        if out is None:
+            return torch.cat([self.linear_k(x), self.linear_v(x)], dim=-1)
+        weight = torch.cat([self.linear_k.weight, self.linear_v.weight])
+        bias = torch.cat([self.linear_k.bias, self.linear_v.bias])
+        return torch.addmm(bias, x, weight.t(), out=out)
+
     def forward(
         self, query: torch.Tensor, kv_cache: Optional[torch.Tensor], visible: torch.Tensor, pos: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -274,7 +292,7 @@ class RelPositionMultiHeadAttention(nn.Module):
         """
         batch, steps, d_model = query.shape
         q = self.linear_q(query).view(batch, steps, self.h, self.d_k)
-        kv = torch.cat([self.linear_k(query), self.linear_v(query)], dim=-1)
+        kv = self.key_values(query)
         if kv_cache is not None:
             kv = torch.cat([kv_cache, kv], dim=1)
         num_keys = kv.shape[1]

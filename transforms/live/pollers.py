@@ -13,6 +13,10 @@ Budgets (``schemas.budgets.Budgets``) held here:
   on later), so one fast client cannot grow the server's memory. Nothing is dropped.
 * ``live_streams``: concurrent streams of the source; frames of a new stream beyond it are
   refused with an error event naming the budget (``operators.streaming.admission``).
+* ``live_reply_bytes``: event bytes waiting to be sent back to one TCP client; each
+  connection's replies go out from their own thread (``transforms.live.replies``), so a slow
+  reader never blocks the pipeline, and one that falls this far behind is dropped with an
+  error event.
 
 With ``SourceSpec.ws_address`` the TCP listener also serves WebSocket clients
 (``transforms.live.websocket``); their frames go into the same queue. With ``http_address`` it
@@ -29,9 +33,10 @@ import time
 from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from operators.streaming.admission import StreamAdmission
-from schemas.budgets import DEFAULT_BUDGETS, Budgets
+from schemas.budgets import DEFAULT_BUDGETS, BudgetExceeded, Budgets
 from schemas.common import DeadLetter
 from schemas.live import RECORDING_SUFFIX, Frame, FrameDecoder, LiveChunk
+from transforms.live.replies import ReplyWriter
 
 STAGE = "LiveSource"
 ERROR_BYTES = 256  # what a queued error item counts for in live_queued_bytes
@@ -122,12 +127,15 @@ class Poller:
             self._ready.notify_all()
 
     def drain(self, timeout: float, linger: float = 0.003) -> List[Any]:
-        """Everything queued, waiting up to ``timeout`` for the first item and then ``linger``
-        seconds more, so that frames arriving together are delivered (and batched) together."""
+        """Everything queued. When the queue is empty, waits up to ``timeout`` for the first item
+        and then ``linger`` seconds more, so that frames arriving together are delivered (and
+        batched) together; frames already waiting (the job is busy) are taken at once."""
         with self._ready:
-            if not self._items and not self._ready.wait_for(lambda: bool(self._items), timeout):
+            waiting = bool(self._items)
+            if not waiting and not self._ready.wait_for(lambda: bool(self._items), timeout):
                 return []
-        time.sleep(linger)
+        if not waiting:
+            time.sleep(linger)
         with self._ready:
             items = [item for item, _ in self._items]
             self._items.clear()
@@ -153,6 +161,7 @@ class TcpListener(Poller):
         self.server.settimeout(0.2)
         self.host, self.port = self.server.getsockname()[:2]
         self._conns: Dict[str, socket.socket] = {}
+        self._writers: Dict[str, ReplyWriter] = {}
         self._lock = threading.Lock()
         self._next = 0
         print(f"mediabeam live: listening on {self.host}:{self.port}", file=sys.stderr, flush=True)
@@ -183,6 +192,8 @@ class TcpListener(Poller):
                 conn_id = f"tcp://{self.host}:{self.port}/{self._next}"
                 self._next += 1
                 self._conns[conn_id] = conn
+                self._writers[conn_id] = ReplyWriter(conn, self.spec.budgets.live_reply_bytes,
+                                                     lambda err, cid=conn_id: self._overflow(cid, err))
             threading.Thread(target=self._read_loop, args=(conn, conn_id), daemon=True).start()
 
     def _read_loop(self, conn: socket.socket, conn_id: str) -> None:
@@ -203,9 +214,17 @@ class TcpListener(Poller):
         if decoder.broken:
             self._drop(conn_id)
 
-    def _drop(self, conn_id: str) -> None:
+    def _overflow(self, conn_id: str, err: BudgetExceeded) -> None:
+        """A client reading its events too slowly: an error event, and the connection is dropped."""
+        self.put_error(DeadLetter(f"{conn_id}#-1", conn_id, STAGE, type(err).__name__, str(err)))
+        self._drop(conn_id)
+
+    def _drop(self, conn_id: str, flush_seconds: float = 0.0) -> None:
         with self._lock:
             conn = self._conns.pop(conn_id, None)
+            writer = self._writers.pop(conn_id, None)
+        if writer is not None:
+            writer.close(flush_seconds)
         if conn is not None:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
@@ -224,14 +243,8 @@ class TcpListener(Poller):
         if conn_id.startswith("ws://"):
             return self.websocket is not None and self.websocket.reply(conn_id, line)
         with self._lock:
-            conn = self._conns.get(conn_id)
-            if conn is None:
-                return False
-            try:
-                conn.sendall(line.encode("utf-8") + b"\n")
-                return True
-            except OSError:
-                return False
+            writer = self._writers.get(conn_id)
+        return writer is not None and writer.send(line)
 
     def close(self) -> None:
         super().close()
@@ -240,8 +253,9 @@ class TcpListener(Poller):
             self.websocket.close()
         if self.pages is not None:
             self.pages.close()
+        deadline = time.time() + 1.0  # events already handed over still reach their clients
         for conn_id in list(self._conns):
-            self._drop(conn_id)
+            self._drop(conn_id, flush_seconds=max(0.0, deadline - time.time()))
 
 
 class RecordingTailer(Poller):

@@ -14,8 +14,10 @@ chunk of each stream goes into the n-th batch, so per-stream order is kept and e
 cites the chunk that produced it (``seq``, ``received_at``: latency). Rows of a batch are
 independent, so each stream's results are exactly those of the stream processed alone.
 
-State (``NumpyTreeCoder``, no pickle): the book's tree and a dict of engine states by stream
-id. A processing-time timer is set for the first stream to go idle; timers may fire early
+State: one bag per shard holding an append-only log (``transforms.live.state_log``): a bundle
+appends the book and the states of the streams it stepped or ended, not the whole shard, and
+decodes only the states it uses (``NumpyTreeCoder``, no pickle). A processing-time timer is
+set for the first stream to go idle; timers may fire early
 (the in-process runner fires them after bundles of an unbounded pipeline), so ``expire``
 asks the book, which checks each stream's last-seen time. It is only set while a shard has
 open streams, so a bounded run ends with no timer pending.
@@ -31,11 +33,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import (
-    ReadModifyWriteStateSpec,
-    TimerSpec,
-    on_timer,
-)
+from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
 from operators.streaming.engine import StreamEngine
@@ -52,8 +50,8 @@ from operators.tokenizers.base import MediaError
 from schemas.budgets import DEFAULT_BUDGETS, BudgetExceeded, Budgets
 from schemas.live import LiveChunk, LiveEvent
 from transforms.errors import DEAD_LETTER_TAG, count, dead_letter
-from transforms.live.coder import NumpyTreeCoder
 from transforms.live.shard import ShardChunks
+from transforms.live.state_log import RECORD_CODER, ShardStateLog
 
 STAGE = "LiveStreams"
 
@@ -74,8 +72,7 @@ class LiveStreamFn(beam.DoFn):
         clock: Wall-clock source (``time.time``); injectable for tests.
     """
 
-    BOOK = ReadModifyWriteStateSpec("book", NumpyTreeCoder())
-    ENGINES = ReadModifyWriteStateSpec("engines", NumpyTreeCoder())
+    LOG = BagStateSpec("log", RECORD_CODER)
     EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
     def __init__(self, engine_factory: Callable[[], StreamEngine], model: str, idle_seconds: float = 30.0,
@@ -103,14 +100,13 @@ class LiveStreamFn(beam.DoFn):
     def process(
         self,
         element: Tuple[int, List[LiveChunk]],
-        book=beam.DoFn.StateParam(BOOK),
-        engines=beam.DoFn.StateParam(ENGINES),
+        log=beam.DoFn.StateParam(LOG),
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterator:
         _, chunks = element
         now = self._clock()
-        streams = self._book(book.read())
-        states: Dict[str, Any] = engines.read() or {}
+        states = ShardStateLog(log.read())
+        streams = self._book(states.book())
         out: List[Any] = []
         actions: List[Any] = []
         limit = self._budgets.live_frame_bytes
@@ -125,21 +121,20 @@ class LiveStreamFn(beam.DoFn):
             actions += streams.push(chunk.stream_id, chunk.seq, chunk.eos, item, len(item["payload"]),
                                     chunk.received_at, chunk.source, now)
         self._apply(actions, states, out)
-        self._save(streams, states, book, engines, expiry)
+        self._save(streams, states, log, expiry)
         yield from out
 
     @on_timer(EXPIRY)
     def expire(
         self,
-        book=beam.DoFn.StateParam(BOOK),
-        engines=beam.DoFn.StateParam(ENGINES),
+        log=beam.DoFn.StateParam(LOG),
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterator:
-        streams = self._book(book.read())
-        states: Dict[str, Any] = engines.read() or {}
+        states = ShardStateLog(log.read())
+        streams = self._book(states.book())
         out: List[Any] = []
         self._apply(streams.expire(self._clock()), states, out)
-        self._save(streams, states, book, engines, expiry)
+        self._save(streams, states, log, expiry)
         yield from out
 
     def _book(self, tree: Optional[Dict[str, Any]]) -> StreamBook:
@@ -156,7 +151,7 @@ class LiveStreamFn(beam.DoFn):
         name = fields.get("event", self.engine.event_name)
         return self._event(sid, name, seq, received_at, source, {k: v for k, v in fields.items() if k != "event"})
 
-    def _apply(self, actions: List[Any], states: Dict[str, Any], out: List[Any]) -> None:
+    def _apply(self, actions: List[Any], states: ShardStateLog, out: List[Any]) -> None:
         """Carries out the book's actions: per stream in order, ready chunks batched across streams."""
         queues: Dict[str, Deque[Any]] = {}
         for action in actions:
@@ -182,7 +177,7 @@ class LiveStreamFn(beam.DoFn):
             for start in range(0, len(ends), self._max_batch):
                 self._finalize(ends[start : start + self._max_batch], states, out)
 
-    def _finalize(self, ends: List[Ended], states: Dict[str, Any], out: List[Any]) -> None:
+    def _finalize(self, ends: List[Ended], states: ShardStateLog, out: List[Any]) -> None:
         """Ends streams (one batched flush): their last engine outputs, then their ``final`` events."""
         engine = self.engine
         finals = [states.pop(end.stream_id, None) for end in ends]
@@ -197,7 +192,7 @@ class LiveStreamFn(beam.DoFn):
             if action.reason == "idle":
                 count(STAGE, "expired_streams")
 
-    def _next_input(self, sid: str, queue: Deque[Any], states: Dict[str, Any], out: List[Any],
+    def _next_input(self, sid: str, queue: Deque[Any], states: ShardStateLog, out: List[Any],
                     ends: List[Ended]) -> Optional[Tuple[str, Ready, Any]]:
         """Handles a stream's actions up to its next decodable chunk, which it returns, or up to
         its end, which it adds to ``ends`` (streams ending in the same round are flushed together)."""
@@ -228,7 +223,7 @@ class LiveStreamFn(beam.DoFn):
                 return sid, action, decoded
         return None
 
-    def _step(self, batch: List[Tuple[str, Ready, Any]], states: Dict[str, Any], out: List[Any]) -> None:
+    def _step(self, batch: List[Tuple[str, Ready, Any]], states: ShardStateLog, out: List[Any]) -> None:
         engine = self.engine
         outputs, new_states = engine.step([x for _, _, x in batch], [states[sid] for sid, _, _ in batch])
         count(STAGE, "batched_steps")
@@ -238,10 +233,13 @@ class LiveStreamFn(beam.DoFn):
             for fields in fields_list:
                 out.append(self._engine_event(sid, ready.seq, ready.received_at, ready.source, fields))
 
-    def _save(self, streams: StreamBook, states: Dict[str, Any], book, engines, expiry) -> None:
+    def _save(self, streams: StreamBook, states: ShardStateLog, log, expiry) -> None:
         tree = streams.to_tree()
-        book.write(tree) if tree["streams"] or tree["closed"] else book.clear()
-        engines.write(states) if states else engines.clear()
+        rewrite, records = states.commit(tree, bool(tree["streams"] or tree["closed"]))
+        if rewrite:
+            log.clear()
+        for record in records:
+            log.add(record)
         when = streams.next_expiry()
         if when is not None:
             expiry.set(Timestamp(when))
