@@ -15,7 +15,11 @@ the client, per event:
   This includes the endpoint rule's trailing silence (``--endpoint-silence``) and the wait for
   the rest of the model chunk, by design: it is what a user waits for.
 
-Prints p50/p95/p99 per transport and level, and one JSON line at the end.
+Prints p50/p95/p99 per transport and level, and one JSON line at the end. Before and after
+the levels it times the model's batched live step on 32 streams in this process
+(``host_speed_before``/``_after``: ms per piece, and the share of one core the model alone
+needs at 32 real-time streams), because a shared host's speed drifts by up to 2x and the job's
+latency follows it.
 
     .venv/bin/python benchmarks/bench_live.py [--levels 1,8,32,128] [--att-context 70,13]
         [--endpoint-silence 1.2] [--piece-seconds 0.16] [--transports tcp,ws] [--num-shards 1]
@@ -214,6 +218,33 @@ def _level(transport: str, ports: Tuple[int, int], streams: int, talks, piece_s:
     return result
 
 
+def engine_probe(args, talks, streams: int = 32, steps: int = 12) -> dict:
+    """How fast this host is right now: the embedded model's live step (one PyTorch thread, as
+    in the job) on ``streams`` streams batched, in ms per ``--piece-seconds`` piece, and the
+    share of one core the model alone then needs at that many real-time streams. Shared
+    hosts change speed by up to 2x within minutes; this puts each run's latencies in context."""
+    import torch
+
+    from operators.asr.endpointing import DEFAULT_ENDPOINTING, EndpointRule
+    from operators.asr.stream_engine import load_live_asr
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    engine = load_live_asr(att_context=[int(v) for v in args.att_context.split(",")],
+                           endpointing=DEFAULT_ENDPOINTING._replace(rule2=EndpointRule(True, args.endpoint_silence, 0.0)))
+    piece = int(args.piece_seconds * RATE)
+    audio = [talks[i % len(talks)][0] for i in range(streams)]
+    states = [engine.init_state() for _ in audio]
+    elapsed = 0.0
+    for k in range(steps + 2):  # the first two steps warm up
+        start = time.perf_counter()
+        _, states = engine.step([a[k * piece : (k + 1) * piece] for a in audio], states)
+        elapsed += (time.perf_counter() - start) if k >= 2 else 0.0
+    torch.set_num_threads(threads)
+    ms = elapsed / (steps * streams) * 1e3
+    return {"ms_per_piece": round(ms, 2), "model_core_share": round(streams * ms / 1e3 / args.piece_seconds, 2)}
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--levels", default="1,8,32,128")
@@ -229,6 +260,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     report = {"runner": "FnApiRunner (in-process)", "att_context": args.att_context,
               "endpoint_silence_s": args.endpoint_silence, "piece_s": args.piece_seconds,
               "num_shards": args.num_shards, "levels": []}
+    report["host_speed_before"] = engine_probe(args, talks)
+    print(json.dumps({"host_speed_before": report["host_speed_before"]}), flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         proc, tcp_port, ws_port = _start_pipeline(args, os.path.join(workdir, "live.log"))
         try:
@@ -240,6 +273,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
                     print(json.dumps(result), flush=True)
         finally:
             proc.wait(timeout=600)
+    report["host_speed_after"] = engine_probe(args, talks)
+    print(json.dumps({"host_speed_after": report["host_speed_after"]}), flush=True)
     at32 = [r for r in report["levels"] if r["streams"] == 32]
     if at32:
         report["target_at_32"] = {r["transport"]: {

@@ -6,9 +6,8 @@ pieces of any size. Per stream, the state is a dict of numpy arrays holding
 * the operator's cache-aware ``StreamState`` (one stream; ``asr/<field>``) without its key/value
   cache, which is rebuilt from the attention cache before each step: two thirds fewer bytes
   to batch, split, code and store per stream, for two small matrix products per layer,
-* an incremental NeMo front end: the pre-emphasised samples the next mel frames still need
-  (at most one 25 ms window plus one piece), the last raw sample (pre-emphasis) and counters,
-* the mel frames waiting for a full chunk (fewer than ``8C`` frames),
+* an incremental NeMo front end (``operators.asr.live_frontend``): the samples the next mel
+  frames still need, and the mel frames waiting for a full chunk (fewer than ``8C`` frames),
 * the last emitted token (so a delta decodes with the right word boundary),
 * with endpointing on: the endpointer's counters and the current utterance's tokens.
 
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 from operators.asr.endpointing import EndpointConfig, Endpointer, voiced_frames
-from operators.asr.frontend import mel_filterbank
+from operators.asr.live_frontend import IncrementalFrontEnd
 from operators.asr.state import STATE_BATCH_AXES, state_from_numpy, state_to_numpy
 from operators.asr.streaming import StreamingASR
 from operators.streaming.engine import StreamEngine
@@ -71,14 +70,8 @@ class LiveASR(StreamEngine):
         self.asr = asr
         self.endpointing = endpointing
         self.mel = asr.config.mel
+        self.frontend = IncrementalFrontEnd(self.mel)
         self.chunk, self.first_frames, self.later_frames = asr.chunk_sizes()
-        self._fbank = mel_filterbank(self.mel)
-        self._window = torch.nn.functional.pad(
-            torch.hann_window(self.mel.win_length, periodic=False, dtype=torch.float32),
-            ((self.mel.n_fft - self.mel.win_length) // 2,) * 2,
-        )
-        self._half = self.mel.n_fft // 2
-        self._window_power = float(self._window.pow(2).mean())
 
     @property
     def sample_rate(self) -> int:
@@ -91,16 +84,9 @@ class LiveASR(StreamEngine):
 
     def init_state(self) -> State:
         """The state of a new stream."""
-        state = self._initial_operator_state()
+        state = {**self._initial_operator_state(), **self.frontend.init_state()}
         state.update(
-            tail=np.zeros(0, np.float32),  # pre-emphasised samples from frame `frames`' window start
-            prev=np.zeros(1, np.float32),  # last raw sample (pre-emphasis)
-            samples=np.zeros((), np.int64),  # samples received
-            frames=np.zeros((), np.int64),  # mel frames computed
-            mel=np.zeros((self.mel.n_mels, 0), np.float32),  # mel frames not yet stepped
-            energy=np.zeros(0, np.float32),  # their energies (dBFS, for the voice detector)
             steps=np.zeros((), np.int64),
-            final=np.zeros((), np.bool_),
             done=np.zeros((), np.bool_),
             prev_token=np.full((), -1, np.int64),
             ep_frames=np.zeros((), np.int64),  # endpointer: encoder frames seen
@@ -140,7 +126,7 @@ class LiveASR(StreamEngine):
 
     def step(self, inputs: Sequence[np.ndarray], states: Sequence[State]) -> Tuple[List[List[AsrDelta]], List[State]]:
         """Adds each stream's samples and steps every chunk they complete, ready streams batched."""
-        return self._drain(self._push(states, inputs, False))
+        return self._drain(self.frontend.push(states, inputs, False))
 
     def finalize(self, state: State) -> List[AsrDelta]:
         """Ends a stream: computes its last mel frames and steps its last (shorter) chunks."""
@@ -148,7 +134,7 @@ class LiveASR(StreamEngine):
 
     def finalize_many(self, states: Sequence[State]) -> List[List[AsrDelta]]:
         """Ends several streams, their last chunks stepped in batches."""
-        outputs, ended = self._drain(self._push(states, [np.zeros(0, np.float32)] * len(states), True))
+        outputs, ended = self._drain(self.frontend.push(states, [np.zeros(0, np.float32)] * len(states), True))
         for output, state in zip(outputs, ended):
             if self.endpointing is not None and len(state["utt_tokens"]):
                 output.append(self._final(state, int(state["frames"]), "eos"))
@@ -163,83 +149,6 @@ class LiveASR(StreamEngine):
             for i, (delta, state) in zip(ready, self._step_batch([states[i] for i in ready])):
                 states[i] = state
                 outputs[i].extend(delta)
-
-    def _push(self, states: Sequence[State], inputs: Sequence[np.ndarray], final: bool) -> List[State]:
-        """Adds samples (and with ``final`` the end) to streams; computes the mel frames now complete.
-
-        The frames of all the streams go through one FFT; per stream, only the sample
-        bookkeeping and the filterbank product are done one by one.
-        """
-        hop, half = self.mel.hop_length, self._half
-        pushed: List[State] = []
-        frames: List[np.ndarray] = []
-        spans: List[Tuple[int, int]] = []
-        for state, samples in zip(states, inputs):
-            if bool(state["final"]):
-                raise ValueError("stream already ended")
-            state = dict(state)
-            samples = np.asarray(samples, np.float32)
-            n_old = int(state["samples"])
-            if len(samples):
-                shifted = np.concatenate([state["prev"], samples[:-1]])
-                emph = samples - self.mel.preemph * shifted if self.mel.preemph else samples.copy()
-                if n_old == 0:
-                    emph[0] = samples[0]
-                state["prev"] = samples[-1:].copy()
-                state["tail"] = np.concatenate([state["tail"], emph])
-            total = n_old + len(samples)
-            state["samples"] = np.asarray(total, np.int64)
-            first = int(state["frames"])
-            # Frame t's window covers samples [t*hop - win/2, t*hop + win/2): ready once they all arrived.
-            if final:
-                state["final"] = np.asarray(True)
-                last = total // hop if total else 0
-            else:
-                last = max(0, (total - self.mel.win_length // 2) // hop + 1)
-                last = min(last, total // hop)
-            if last > first:
-                frames.append(self._frame_windows(state["tail"], first, last, total))
-                spans.append((len(pushed), last - first))
-                state["frames"] = np.asarray(last, np.int64)
-                keep_from = max(0, last * hop - half) - max(0, first * hop - half)
-                state["tail"] = state["tail"][keep_from:].copy()
-            pushed.append(state)
-        if frames:
-            analysed = self._analyse(np.concatenate(frames), [count for _, count in spans])
-            for (i, _), (mel, energy) in zip(spans, analysed):
-                state = pushed[i]
-                state["mel"] = np.concatenate([state["mel"], mel], axis=1)
-                state["energy"] = np.concatenate([state["energy"], energy])
-        return pushed
-
-    def _frame_windows(self, tail: np.ndarray, first: int, last: int, total: int) -> np.ndarray:
-        """The ``n_fft`` samples of frames ``first..last-1`` (``[frames, n_fft]``, zero padded at
-        the stream's start and end); ``tail`` starts at sample ``max(0, first*hop - n_fft/2)``."""
-        hop, half = self.mel.hop_length, self._half
-        start = first * hop - half
-        lead = max(0, -start)
-        need = (last - 1) * hop + half - max(0, start)
-        avail = min(len(tail), max(0, total - max(0, start)))
-        padded = np.zeros(lead + max(need, avail), np.float32)
-        padded[lead : lead + avail] = tail[:avail]
-        return np.lib.stride_tricks.sliding_window_view(padded, self.mel.n_fft)[::hop][: last - first]
-
-    def _analyse(self, frames: np.ndarray, counts: Sequence[int]) -> List[Tuple[np.ndarray, np.ndarray]]:
-        """Per stream (``counts`` consecutive frames each): log-mel frames ``[n_mels, count]`` and
-        their energies in dBFS (of the windowed, pre-emphasised samples) of ``[frames, n_fft]``
-        sample windows. The FFT runs once for all rows; the filterbank product runs per stream,
-        because a matrix product's rounding depends on its width and a stream's result must not
-        depend on its batch mates."""
-        windowed = torch.from_numpy(frames) * self._window
-        energy = 10.0 * torch.log10(windowed.pow(2).mean(-1) / self._window_power + 1e-10)
-        spec = torch.fft.rfft(windowed, dim=-1)
-        power = torch.view_as_real(spec).pow(2).sum(-1).sqrt().pow(2)
-        out, at = [], 0
-        for count in counts:
-            mel = torch.log(torch.matmul(self._fbank, power[at : at + count].T) + self.mel.log_zero_guard)
-            out.append((mel.numpy().astype(np.float32), energy[at : at + count].numpy().astype(np.float32)))
-            at += count
-        return out
 
     def _width(self, state: State) -> int:
         return self.first_frames if int(state["steps"]) == 0 else self.later_frames
