@@ -47,7 +47,8 @@ class Budgets:
         live_queued_bytes: Most payload bytes queued in a live source before readers wait.
         live_pending_chunks: Out-of-order chunks buffered per stream before a gap is skipped.
         live_pending_bytes: Payload bytes buffered out of order per stream shard (all its streams).
-        live_connections: Most WebSocket clients connected to one live source at once.
+        live_connections: Most WebSocket clients, and apart from them most TCP connections,
+            open on one live source at once.
         live_client_bytes_per_second: Most bytes per second one WebSocket client may send
             (a token bucket holding one second's worth).
         live_reply_bytes: Event bytes waiting to be sent to one client (WebSocket, or TCP with

@@ -176,3 +176,48 @@ def test_tcp_client_reading_too_slowly_never_blocks_replies_to_others():
         stalled.close()
         reading.close()
         listener.close()
+
+
+def test_tcp_connections_are_capped_and_forgotten_once_done():
+    """``live_connections`` caps TCP connections (one more is closed with an error event); a
+    client that stops sending keeps its slot while its last events may come (the writer lingers
+    ``idle_seconds``), then the connection and its writer thread are gone and the slot is free."""
+    import socket
+    import time
+
+    from transforms.live.pollers import SourceSpec, TcpListener
+
+    def writers() -> int:
+        return sum(t.name == "mediabeam-live-reply" and t.is_alive() for t in threading.enumerate())
+
+    before = writers()
+    listener = TcpListener(SourceSpec("tcp", "127.0.0.1:0", Budgets(live_connections=2), idle_seconds=0.5))
+    address = (listener.host, listener.port)
+    try:
+        first, second = socket.create_connection(address), socket.create_connection(address)
+        third = socket.create_connection(address)
+        third.settimeout(5)
+        assert third.recv(1) == b""  # closed by the server at once
+        [refused] = listener.drain(5.0)
+        assert refused.error_type == "BudgetExceeded" and "live_connections=2" in refused.message
+        assert writers() == before + 2
+        first.shutdown(socket.SHUT_WR)  # done sending, still reading: its events still reach it
+        time.sleep(0.3)
+        assert listener.reply("tcp://%s:%d/0" % address, "late event")
+        first.settimeout(5)
+        assert first.recv(100) == b"late event\n"
+        deadline = time.time() + 5
+        while writers() > before + 1 and time.time() < deadline:  # 0.5 s without a line: forgotten
+            time.sleep(0.05)
+        assert writers() == before + 1 and not listener.reply("tcp://%s:%d/0" % address, "gone")
+        fourth = socket.create_connection(address)  # the freed slot is taken
+        time.sleep(0.3)
+        assert listener.drain(0.1) == [] and writers() == before + 2
+        for sock in (first, second, third, fourth):
+            sock.close()
+    finally:
+        listener.close()
+    deadline = time.time() + 5
+    while writers() > before and time.time() < deadline:
+        time.sleep(0.05)
+    assert writers() == before  # no thread left behind

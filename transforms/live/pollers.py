@@ -17,6 +17,9 @@ Budgets (``schemas.budgets.Budgets``) held here:
   connection's replies go out from their own thread (``transforms.live.replies``), so a slow
   reader never blocks the pipeline, and one that falls this far behind is dropped with an
   error event.
+* ``live_connections``: TCP connections open at once (WebSocket clients have their own count);
+  one more is closed at once with an error event. A connection counts until its client has
+  stopped sending and its last events went out (its writer lingers ``idle_seconds``).
 
 With ``SourceSpec.ws_address`` the TCP listener also serves WebSocket clients
 (``transforms.live.websocket``); their frames go into the same queue. With ``http_address`` it
@@ -188,12 +191,21 @@ class TcpListener(Poller):
                 continue
             except OSError:
                 return
+            limit = self.spec.budgets.live_connections
             with self._lock:
                 conn_id = f"tcp://{self.host}:{self.port}/{self._next}"
                 self._next += 1
-                self._conns[conn_id] = conn
-                self._writers[conn_id] = ReplyWriter(conn, self.spec.budgets.live_reply_bytes,
-                                                     lambda err, cid=conn_id: self._overflow(cid, err))
+                refused = len(self._conns) >= limit
+                if not refused:
+                    self._conns[conn_id] = conn
+                    self._writers[conn_id] = ReplyWriter(
+                        conn, self.spec.budgets.live_reply_bytes, self.spec.idle_seconds,
+                        lambda err, cid=conn_id: self._overflow(cid, err), lambda cid=conn_id: self._forget(cid))
+            if refused:
+                self.put_error(DeadLetter(f"{conn_id}#-1", conn_id, STAGE, "BudgetExceeded", str(BudgetExceeded(
+                    "live_connections", limit, f"TCP connection {limit + 1} (try again later)"))))
+                conn.close()
+                continue
             threading.Thread(target=self._read_loop, args=(conn, conn_id), daemon=True).start()
 
     def _read_loop(self, conn: socket.socket, conn_id: str) -> None:
@@ -213,6 +225,11 @@ class TcpListener(Poller):
                 break
         if decoder.broken:
             self._drop(conn_id)
+            return
+        with self._lock:
+            writer = self._writers.get(conn_id)
+        if writer is not None:
+            writer.reader_ended()  # its last events may still come: the writer lingers, then forgets it
 
     def _overflow(self, conn_id: str, err: BudgetExceeded) -> None:
         """A client reading its events too slowly: an error event, and the connection is dropped."""
@@ -221,10 +238,16 @@ class TcpListener(Poller):
 
     def _drop(self, conn_id: str, flush_seconds: float = 0.0) -> None:
         with self._lock:
-            conn = self._conns.pop(conn_id, None)
-            writer = self._writers.pop(conn_id, None)
+            writer = self._writers.get(conn_id)
         if writer is not None:
             writer.close(flush_seconds)
+        self._forget(conn_id)
+
+    def _forget(self, conn_id: str) -> None:
+        """Closes a connection and forgets it (idempotent: its writer calls it when it stops)."""
+        with self._lock:
+            conn = self._conns.pop(conn_id, None)
+            self._writers.pop(conn_id, None)
         if conn is not None:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
