@@ -96,8 +96,12 @@ def test_ctrl_c_stops_live_video_with_one_line(tmp_path):
     import time
 
     with socket_port() as port:
+        # As from a terminal: SIGINT raises KeyboardInterrupt even if this test runs where SIGINT
+        # is ignored (a shell's background job), which a child would otherwise inherit.
+        start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "sys.argv[0] = 'mediabeam'; runpy.run_module('pipelines.cli', run_name='__main__')")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "live-video", "--variant", "tiny", "--size", "32",
+            [sys.executable, "-c", start, "live-video", "--variant", "tiny", "--size", "32",
              "--port", str(port), "--output", os.devnull],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
