@@ -84,7 +84,7 @@ def run(args) -> Dict[str, Dict[str, float]]:
                     shard = ShardStateLog(log_records)
                     for i, state in streams.items():
                         shard[f"s{i}"] = state
-                    rewrite, records = shard.commit(book, True)
+                    rewrite, records = shard.commit(book)
                     coded = [RECORD_CODER.encode(record) for record in records]
                     log_records = list(records) if rewrite else log_records + records
                     held = log_records

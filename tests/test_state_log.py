@@ -34,22 +34,22 @@ def test_replay_last_record_wins_and_end_removes():
 def test_commit_appends_only_what_changed_and_replays_to_the_same_state():
     log = ShardStateLog()
     log["a"], log["b"] = _state(1), _state(2)
-    rewrite, records = log.commit(BOOK_TREE, True)
+    rewrite, records = log.commit(BOOK_TREE)
     assert not rewrite and [(k, s) for k, s, _ in records] == [(BOOK, ""), (STATE, "a"), (STATE, "b")]
     bag = list(records)
     again = _replay(bag)
     again["a"] = _state(5)  # b is read by nobody and must not be re-coded
-    rewrite, records = again.commit(BOOK_TREE, True)
+    rewrite, records = again.commit(BOOK_TREE)
     assert not rewrite and [(k, s) for k, s, _ in records] == [(STATE, "a")]  # the book did not change
     bag += records
     del again["a"]
-    rewrite, records = again.commit({"streams": {}, "closed": {"a": 1.0}}, True)
+    rewrite, records = again.commit({"streams": {}, "closed": {"a": 1.0}})
     assert [(k, s) for k, s, _ in records] == [(BOOK, ""), (END, "a")]
     bag += records
     final = _replay(bag)
     assert list(final) == ["b"] and final.book() == {"streams": {}, "closed": {"a": 1.0}}
     np.testing.assert_array_equal(final["b"]["cache"], _state(2)["cache"])
-    assert final.commit({"streams": {}, "closed": {"a": 1.0}}, True) == (False, [])  # nothing to write
+    assert final.commit({"streams": {}, "closed": {"a": 1.0}}) == (False, [])  # nothing to write
 
 
 def test_log_is_rewritten_from_live_records_when_it_outgrows_them():
@@ -58,7 +58,7 @@ def test_log_is_rewritten_from_live_records_when_it_outgrows_them():
     log["a"], log["b"] = _state(1, size), _state(2, size)
     rewrites = []
     for step in range(8):
-        rewrite, records = log.commit(BOOK_TREE, True)
+        rewrite, records = log.commit(BOOK_TREE)
         rewrites.append(rewrite)
         bag = list(records) if rewrite else bag + records
         assert sum(len(p) for _, _, p in bag) <= 2 * 2 * 4 * size + REWRITE_SLACK_BYTES + 4096
@@ -74,11 +74,11 @@ def test_log_is_rewritten_from_live_records_when_it_outgrows_them():
 def test_empty_shard_clears_its_log_once():
     log = ShardStateLog()
     log["a"] = _state(1)
-    _, records = log.commit(BOOK_TREE, True)
+    _, records = log.commit(BOOK_TREE)
     shard = _replay(records)
     del shard["a"]
-    assert shard.commit({"streams": {}, "closed": {}}, False) == (True, [])  # clear the bag
-    assert ShardStateLog().commit({"streams": {}, "closed": {}}, False) == (False, [])  # nothing was there
+    assert shard.commit(None) == (True, [])  # clear the bag
+    assert ShardStateLog().commit(None) == (False, [])  # nothing was there
 
 
 def test_corrupt_record_kind_is_refused():

@@ -90,7 +90,7 @@ class ShardStateLog(MutableMapping):
     def __len__(self) -> int:
         return len(set(self._decoded) | set(self._coded))
 
-    def commit(self, book_tree: Dict[str, Any], book_in_use: bool) -> Tuple[bool, List[Record]]:
+    def commit(self, book_tree: Optional[Dict[str, Any]]) -> Tuple[bool, List[Record]]:
         """Codes what changed since the log was read; returns ``(rewrite, records)``.
 
         ``rewrite`` False: append ``records`` to the bag (nothing to write when empty). True:
@@ -98,8 +98,8 @@ class ShardStateLog(MutableMapping):
         nothing). Read back, the bag then replays to this object's current state.
 
         Args:
-            book_tree: The book's current tree (``StreamBook.to_tree``).
-            book_in_use: Whether the book holds anything (open or recently closed streams).
+            book_tree: The book's current tree (``StreamBook.to_tree``), or ``None`` when the
+                book holds nothing (no open or recently closed stream).
         """
         appended: List[Record] = []
         for stream_id in sorted(self._changed):
@@ -110,7 +110,7 @@ class ShardStateLog(MutableMapping):
             else:
                 appended.append((END, stream_id, b""))
         self._changed.clear()
-        book = self._coder.encode(book_tree) if book_in_use or self._coded else None
+        book = self._coder.encode(book_tree) if book_tree is not None or self._coded else None
         if book is not None and book != self._book:
             appended.insert(0, (BOOK, "", book))
         self._book = book

@@ -235,7 +235,7 @@ class LiveStreamFn(beam.DoFn):
 
     def _save(self, streams: StreamBook, states: ShardStateLog, log, expiry) -> None:
         tree = streams.to_tree()
-        rewrite, records = states.commit(tree, bool(tree["streams"] or tree["closed"]))
+        rewrite, records = states.commit(tree if tree["streams"] or tree["closed"] else None)
         if rewrite:
             log.clear()
         for record in records:
