@@ -1,6 +1,7 @@
 """Live inference: framing, live ASR == offline, ordering/batching in Beam state, restart,
 bounded state, idle expiry, dead letters, and a TCP loopback run of ``mediabeam live-asr``."""
 
+import copy
 import functools
 import json
 import threading
@@ -14,6 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
 
+from operators.asr.kv_memo import KeyValueMemo
 from operators.asr.stream_engine import random_live_asr
 from schemas.budgets import Budgets
 from schemas.live import (
@@ -176,6 +178,57 @@ def test_batched_step_equals_each_stream_stepped_alone(engine):
         for name in mine:
             np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert events >= 3  # events were compared, not only empty lists
+
+
+def test_remembered_key_value_caches_give_what_rebuilt_ones_give(engine):
+    """The engine's key/value memo (the cache each step produced, reused by the next step) gives
+    the events and states that rebuilding the cache from the stored attention cache gives (an
+    engine whose memo holds nothing); it serves a state decoded from bytes (equal, not the same
+    arrays), never a cache that belongs to other contents, and forgets streams that ended."""
+    remembering = copy.copy(engine)
+    remembering._kv_memo = KeyValueMemo()
+    rebuilding = copy.copy(engine)
+    rebuilding._kv_memo = KeyValueMemo(max_bytes=0)
+    audio = [_audio(60 + i, 40000) for i in range(3)]
+    mine = [remembering.init_state() for _ in audio]
+    theirs = [rebuilding.init_state() for _ in audio]
+    events = 0
+    for k in range(5):
+        pieces = [remembering.decode(1, 16000, _pcm16(x[k * 8000 : (k + 1) * 8000]).tobytes()) for x in audio]
+        ours, mine = remembering.step(pieces, mine)
+        want, theirs = rebuilding.step(pieces, theirs)
+        assert ours == want
+        events += sum(map(len, ours))
+        if k == 2:  # as if restored from Beam state: equal arrays, new objects
+            coder = NumpyTreeCoder()
+            mine = [coder.decode(coder.encode(state)) for state in mine]
+    for a, b in zip(mine, theirs):
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert events >= 3 and len(rebuilding._kv_memo) == 0 and len(remembering._kv_memo) == len(audio)
+    att = mine[0]["asr/cache_last_channel"]
+    assert remembering._kv_memo.get(att.copy()) is not None  # the last step's cache, by content
+    assert remembering._kv_memo.get(att + 1e-3) is None
+    remembering.finalize_many(mine)
+    assert len(remembering._kv_memo) == 0  # ended streams leave nothing behind
+
+
+def test_key_value_memo_matches_by_content_and_stays_within_its_bytes():
+    memo = KeyValueMemo(max_bytes=3 * 4 * 8)
+    caches = [np.full((2, 1, 3, 2), float(i), np.float32) for i in range(5)]
+    kv = [np.full((2, 1, 3, 4), float(i), np.float32) for i in range(5)]  # 96 bytes each
+    memo.put(caches[0], kv[0][:1].copy())  # 48 bytes
+    memo.put(caches[1], kv[1][:1].copy())
+    memo.forget(caches[0])
+    assert memo.get(caches[0]) is None and np.array_equal(memo.get(caches[1].copy()), kv[1][:1])
+    assert len(memo) == 1 and memo.nbytes == 48
+    memo.put(caches[2], kv[2])  # 48 + 96 > 96: the least recently used goes
+    assert memo.get(caches[1]) is None and np.array_equal(memo.get(caches[2]), kv[2]) and memo.nbytes == 96
+    memo.put(caches[3], np.zeros((2, 1, 3, 100), np.float32))  # larger than the bound: not held
+    assert memo.get(caches[3]) is None and memo.nbytes == 96
+    other = caches[2].copy()
+    other[0, 0, 0, 0] = 7.0  # same newest frames (the lookup key), other contents
+    assert memo.get(other) is None
 
 
 def test_pipeline_interleaved_reordered_duplicated_equals_offline(engine):

@@ -20,6 +20,7 @@ whatever the pieces are (tested against one call on the whole sequence). After a
 next frame starts a new utterance with fresh counters.
 """
 
+from functools import lru_cache
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -62,9 +63,20 @@ def voiced_frames(energy_db: np.ndarray, frames: int, threshold_db: float) -> np
     if frames <= 0:
         return np.zeros(0, np.bool_)
     loud = np.asarray(energy_db) >= threshold_db
-    edges = np.linspace(0, len(loud), frames + 1).round().astype(np.int64)
-    return np.array([bool(loud[a : max(b, a + 1)].any()) if a < len(loud) else False
-                     for a, b in zip(edges[:-1], edges[1:])], np.bool_)
+    starts = _shares(len(loud), frames)
+    voiced = np.zeros(frames, np.bool_)
+    inside = starts < len(loud)
+    if inside.any():  # an empty share takes its first analysis frame, as reduceat does
+        voiced[inside] = np.logical_or.reduceat(loud, starts[inside])
+    return voiced
+
+
+@lru_cache(maxsize=64)
+def _shares(analysis_frames: int, frames: int) -> np.ndarray:
+    """First analysis frame of each encoder frame's equal share (a live step repeats the same sizes)."""
+    starts = np.linspace(0, analysis_frames, frames + 1).round().astype(np.int64)[:-1]
+    starts.flags.writeable = False
+    return starts
 
 
 class Endpointer:

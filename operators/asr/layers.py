@@ -150,6 +150,9 @@ class CausalDwStridingSubsampling(nn.Module):
         x = self._mask(x.unsqueeze(1), start, end)
         for first, last in ((0, 2), (2, 5), (5, 8)):
             x = F.pad(x, (2, 1, 2, 1))
+            if first == 0:  # channels-last from here on: oneDNN's depthwise and 1×1 kernels run 2-3× faster
+                # on it at live batch sizes (a one-channel tensor only takes the layout this way)
+                x = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
             for module in self.conv[first:last]:
                 x = module(x)
             start = torch.div(start + 1, 2, rounding_mode="floor")

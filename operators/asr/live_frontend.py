@@ -106,16 +106,21 @@ class IncrementalFrontEnd:
     def _analyse(self, frames: np.ndarray, counts: Sequence[int]) -> List[Tuple[np.ndarray, np.ndarray]]:
         """Per stream (``counts`` consecutive frames each): log-mel frames ``[n_mels, count]`` and
         their energies in dBFS (of the windowed, pre-emphasised samples) of ``[frames, n_fft]``
-        sample windows. The FFT runs once for all rows; the filterbank product runs per stream,
-        because a matrix product's rounding depends on its width and a stream's result must not
-        depend on its batch mates."""
+        sample windows. The FFT runs once for all rows, the filterbank product once per frame
+        count: a matrix product's rounding depends on its width, so streams with the same number of
+        frames share one batched product (each its own matrix of the batch) and a stream's result
+        never depends on its batch mates."""
         windowed = torch.from_numpy(frames) * self._window
-        energy = 10.0 * torch.log10(windowed.pow(2).mean(-1) / self._window_power + 1e-10)
+        energy = (10.0 * torch.log10(windowed.pow(2).mean(-1) / self._window_power + 1e-10)).numpy()
         spec = torch.fft.rfft(windowed, dim=-1)
         power = torch.view_as_real(spec).pow(2).sum(-1).sqrt().pow(2)
-        out, at = [], 0
-        for count in counts:
-            mel = torch.log(torch.matmul(self._fbank, power[at : at + count].T) + self.mel.log_zero_guard)
-            out.append((mel.numpy().astype(np.float32), energy[at : at + count].numpy().astype(np.float32)))
-            at += count
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        out: List[Tuple[np.ndarray, np.ndarray]] = [None] * len(counts)  # type: ignore[list-item]
+        for count in sorted(set(counts)):
+            streams = [i for i, c in enumerate(counts) if c == count]
+            rows = torch.from_numpy((starts[streams, None] + np.arange(count)).reshape(-1))
+            stacked = power.index_select(0, rows).view(len(streams), count, -1)
+            mel = torch.log(torch.matmul(self._fbank, stacked.transpose(1, 2)) + self.mel.log_zero_guard).numpy()
+            for k, i in enumerate(streams):
+                out[i] = (mel[k], energy[starts[i] : starts[i] + count].astype(np.float32))
         return out

@@ -4,8 +4,9 @@ Wraps :class:`operators.asr.streaming.StreamingASR` for live streams whose audio
 pieces of any size. Per stream, the state is a dict of numpy arrays holding
 
 * the operator's cache-aware ``StreamState`` (one stream; ``asr/<field>``) without its key/value
-  cache, which is rebuilt from the attention cache before each step: two thirds fewer bytes
-  to batch, split, code and store per stream, for two small matrix products per layer,
+  cache: two thirds fewer bytes to batch, split, code and store per stream. The engine keeps
+  the key/value cache each step produced in memory (``operators.asr.kv_memo``) and rebuilds it
+  from the attention cache only for a stream it does not hold (one matrix product per layer),
 * an incremental NeMo front end (``operators.asr.live_frontend``): the samples the next mel
   frames still need, and the mel frames waiting for a full chunk (fewer than ``8C`` frames),
 * the last emitted token (so a delta decodes with the right word boundary),
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from operators.asr.endpointing import EndpointConfig, Endpointer, voiced_frames
+from operators.asr.kv_memo import KeyValueMemo
 from operators.asr.live_frontend import IncrementalFrontEnd
 from operators.asr.state import STATE_BATCH_AXES, state_from_numpy, state_to_numpy
 from operators.asr.streaming import StreamingASR
@@ -72,6 +74,7 @@ class LiveASR(StreamEngine):
         self.mel = asr.config.mel
         self.frontend = IncrementalFrontEnd(self.mel)
         self.chunk, self.first_frames, self.later_frames = asr.chunk_sizes()
+        self._kv_memo = KeyValueMemo()
 
     @property
     def sample_rate(self) -> int:
@@ -187,8 +190,8 @@ class LiveASR(StreamEngine):
             features[j, :, : chunk.shape[1]] = chunk
         stored = {name: np.concatenate([states[i][f"asr/{name}"] for i in rows], axis=axis)
                   for name, axis in STORED_STATE_AXES.items()}
-        att_cache = torch.from_numpy(stored["cache_last_channel"]).to(self.asr.dtype)
-        stored["cache_last_kv"] = self.asr.model.encoder.kv_cache_from(att_cache).numpy()
+        stored["cache_last_kv"] = self._kv_caches([states[i]["asr/cache_last_channel"] for i in rows],
+                                                  stored["cache_last_channel"])
         batch_state = state_from_numpy(stored)
         output, new_state = self.asr.step(
             torch.from_numpy(features).to(self.asr.dtype), torch.tensor(lengths, dtype=torch.long), batch_state
@@ -203,6 +206,7 @@ class LiveASR(StreamEngine):
             state = dict(states[i])
             for name, axis in STORED_STATE_AXES.items():
                 state[f"asr/{name}"] = arrays[name][(slice(None),) * axis + (slice(j, j + 1),)].copy()
+            stepped = state["asr/cache_last_channel"]
             n = lengths[j]
             state["mel"] = state["mel"][:, n:].copy()
             state["energy"] = state["energy"][n:].copy()
@@ -216,7 +220,22 @@ class LiveASR(StreamEngine):
                 results[i] = self._endpoint(state, states[i], frames, tokens, consumed - n, n)
             if bool(state["final"]) and state["mel"].shape[1] == 0:
                 state["done"] = np.asarray(True)
+            self._kv_memo.forget(states[i]["asr/cache_last_channel"])
+            if state["asr/cache_last_channel"] is stepped and not bool(state["done"]):  # not restarted or ended
+                self._kv_memo.put(stepped, arrays["cache_last_kv"][:, j : j + 1].copy())
         return results
+
+    def _kv_caches(self, att_caches: Sequence[np.ndarray], att_batch: np.ndarray) -> np.ndarray:
+        """The batch's key/value cache: each stream's from its last step where the memo has it,
+        rebuilt from its attention cache (``att_batch``, the streams' caches concatenated) otherwise."""
+        kv: List[Optional[np.ndarray]] = [self._kv_memo.get(att) for att in att_caches]
+        missing = [j for j, found in enumerate(kv) if found is None]
+        if missing:
+            att = torch.from_numpy(att_batch[:, missing] if len(missing) < len(kv) else att_batch)
+            rebuilt = self.asr.model.encoder.kv_cache_from(att.to(self.asr.dtype)).numpy()
+            for n, j in enumerate(missing):
+                kv[j] = rebuilt[:, n : n + 1]
+        return np.concatenate(kv, axis=1)
 
     def _delta(self, state: State, tokens: List[int], audio_end_s: float) -> AsrDelta:
         """The partial event fields of ``tokens`` (moves the stream's last token on)."""

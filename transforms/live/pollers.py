@@ -97,19 +97,26 @@ class Poller:
         self._ready = threading.Condition()
         self._admission = StreamAdmission(spec.budgets.live_streams, spec.idle_seconds)
 
-    def put_frames(self, decoded: List[Any], source: str) -> None:
-        """Queues decoded frames and errors of ``source``, waiting while the queue is full."""
+    def put_frames(self, decoded: List[Any], source: str, wait: bool = True) -> bool:
+        """Queues decoded frames and errors of ``source``, waiting while the queue is full.
+
+        With ``wait`` False nothing waits: it returns False at the first item the queue has no
+        room for (the items before it are queued), so an event loop can wait in a thread instead.
+        """
         for item in decoded:
             now = time.time()
             error = item
             if isinstance(item, Frame):
                 error = self._admission.admit(item.stream_id, item.eos, now)
                 if error is None:
-                    self._put(LiveChunk(item.stream_id, item.seq, item.eos, item.kind, item.sample_rate,
-                                        item.payload, now, source), len(item.payload))
+                    if not self._put(LiveChunk(item.stream_id, item.seq, item.eos, item.kind, item.sample_rate,
+                                               item.payload, now, source), len(item.payload), wait):
+                        return False
                     continue
             key = f"{item.stream_id}#{item.seq}" if item.stream_id else f"{source}#{item.seq}"
-            self._put(DeadLetter(key, source, STAGE, type(error).__name__, str(error)), ERROR_BYTES)
+            if not self._put(DeadLetter(key, source, STAGE, type(error).__name__, str(error)), ERROR_BYTES, wait):
+                return False
+        return True
 
     def put_error(self, dead: DeadLetter) -> None:
         """Queues an error found at the edge (reported on the source's dead-letter output)."""
@@ -120,14 +127,17 @@ class Poller:
         """Payload bytes waiting in the queue now (at most ``live_queued_bytes`` once readers wait)."""
         return self._bytes
 
-    def _put(self, item: Any, nbytes: int) -> None:
+    def _put(self, item: Any, nbytes: int, wait: bool = True) -> bool:
         limit = self.spec.budgets.live_queued_bytes
         with self._ready:
             while self._bytes and self._bytes + nbytes > limit and not self.closed:
+                if not wait:
+                    return False
                 self._ready.wait(0.2)
             self._items.append((item, nbytes))
             self._bytes += nbytes
             self._ready.notify_all()
+        return True
 
     def drain(self, timeout: float, linger: float = 0.003) -> List[Any]:
         """Everything queued. When the queue is empty, waits up to ``timeout`` for the first item

@@ -311,8 +311,9 @@ class WebSocketEdge:
 
     async def _put(self, client: _Client, frame: Frame) -> None:
         client.seq += 1
-        # The poller may wait (back-pressure on a full queue); that must not stop the event loop.
-        await asyncio.to_thread(self.poller.put_frames, [frame], client.conn_id)
+        if not self.poller.put_frames([frame], client.conn_id, wait=False):
+            # The queue is full (back-pressure): wait for room in a thread, never in the event loop.
+            await asyncio.to_thread(self.poller.put_frames, [frame], client.conn_id)
 
     # Errors.
 
