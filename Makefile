@@ -33,6 +33,8 @@ $(VENV)/.installed: setup.py
 	@# its pins, after the few packages its import needs (--no-deps also skips pip's conflict report)
 	@$(PIP) install zstd python-snappy catalogue brotli transformers
 	@$(PIP) install --no-deps mosaicml-streaming==0.13.0
+	@# Silero VAD's model files for operators/asr/silero_vad.py (its code is never imported): --no-deps, so pip leaves torch alone
+	@$(PIP) install --no-deps silero-vad==6.2.3
 	@touch $@
 
 install-cuda: install

@@ -11,9 +11,12 @@ than silence. sherpa-onnx's defaults (``EndpointConfig``):
 
 Silence is decided per encoder output frame (e.g. 80 ms). sherpa-onnx counts only the CTC /
 transducer blank run; here a frame is silent when the CTC head's best label is blank **and**
-an energy voice-activity detector finds no voice in it (its loudest analysis frame is below
-``vad_threshold_db`` dBFS). Breath and noise that the model labels blank but that are loud,
-or quiet speech the model already labels, both keep an utterance open.
+a voice-activity detector finds no voice in it: by default an energy detector (its loudest
+analysis frame is below ``vad_threshold_db`` dBFS), or with ``vad="silero"`` Silero's trained
+detector (no analysis frame reaches ``speech_threshold`` speech probability;
+``operators.asr.live_vad``). Quiet speech the model already labels keeps an utterance open
+either way; loud breath, hum or music that the model labels blank keeps it open with the energy
+detector, not with Silero's.
 
 The endpointer sees the frames in order, in pieces of any size, and finds the same endpoints
 whatever the pieces are (tested against one call on the whole sequence). After an endpoint the
@@ -37,32 +40,41 @@ class EndpointRule(NamedTuple):
 
 
 class EndpointConfig(NamedTuple):
-    """Endpoint rules (any firing ends the utterance) and the energy VAD threshold."""
+    """Endpoint rules (any firing ends the utterance) and the voice-activity detector."""
 
     rule1: EndpointRule = EndpointRule(False, 2.4, 0.0)
     rule2: EndpointRule = EndpointRule(True, 1.2, 0.0)
     rule3: EndpointRule = EndpointRule(False, 0.0, 20.0)
-    vad_threshold_db: float = -45.0
+    vad_threshold_db: float = -45.0  # energy detector: voice at or above this many dBFS
+    vad: str = "energy"  # or "silero": Silero VAD's speech probability
+    speech_threshold: float = 0.5  # silero: voice at or above this probability (Silero's default)
+    vad_model: str = ""  # silero: silero_vad.jit or .safetensors ("": the silero-vad package's)
 
     @property
     def rules(self) -> Sequence[EndpointRule]:
         return (self.rule1, self.rule2, self.rule3)
 
+    @property
+    def voice_threshold(self) -> float:
+        """The voice score threshold of the detector in use (dBFS or probability)."""
+        return self.speech_threshold if self.vad == "silero" else self.vad_threshold_db
+
 
 DEFAULT_ENDPOINTING = EndpointConfig()
 
 
-def voiced_frames(energy_db: np.ndarray, frames: int, threshold_db: float) -> np.ndarray:
-    """Energy VAD per encoder frame: whether any of its analysis frames reaches ``threshold_db``.
+def voiced_frames(scores: np.ndarray, frames: int, threshold: float) -> np.ndarray:
+    """Voice per encoder frame: whether any of its analysis frames' scores reaches ``threshold``.
 
     Args:
-        energy_db: Per analysis (mel) frame energy in dBFS, covering the encoder frames in order.
+        scores: Per analysis (mel) frame voice score (energy in dBFS, or speech probability),
+            covering the encoder frames in order.
         frames: Encoder output frames the analysis frames map onto (each takes an equal share).
-        threshold_db: Voice threshold in dBFS.
+        threshold: Voice threshold, in the scores' unit.
     """
     if frames <= 0:
         return np.zeros(0, np.bool_)
-    loud = np.asarray(energy_db) >= threshold_db
+    loud = np.asarray(scores) >= threshold
     starts = _shares(len(loud), frames)
     voiced = np.zeros(frames, np.bool_)
     inside = starts < len(loud)

@@ -2,8 +2,9 @@
 
 Part of a live ASR stream's state (``operators.asr.stream_engine.LiveASR``): the pre-emphasised
 samples the next mel frames still need (at most one 25 ms window plus one piece), the last raw
-sample (pre-emphasis), counters, and the mel frames not yet stepped with their energies (for the
-voice detector). A frame is computed as soon as its window is complete, and the end of the
+sample (pre-emphasis), counters, and the mel frames not yet stepped with their voice scores for
+the endpointer (energy in dBFS; ``operators.asr.live_vad`` replaces them with speech
+probabilities). A frame is computed as soon as its window is complete, and the end of the
 stream pads the last ones as the offline front end does, so the frames equal
 ``operators.asr.frontend.log_mel`` of the whole audio.
 """
@@ -39,7 +40,7 @@ class IncrementalFrontEnd:
             samples=np.zeros((), np.int64),  # samples received
             frames=np.zeros((), np.int64),  # mel frames computed
             mel=np.zeros((self.mel.n_mels, 0), np.float32),  # mel frames not yet stepped
-            energy=np.zeros(0, np.float32),  # their energies (dBFS, for the voice detector)
+            voice=np.zeros(0, np.float32),  # their voice scores (energy, dBFS; or speech probability)
             final=np.zeros((), np.bool_),  # the stream ended
         )
 
@@ -88,7 +89,7 @@ class IncrementalFrontEnd:
             for (i, _), (mel, energy) in zip(spans, analysed):
                 state = pushed[i]
                 state["mel"] = np.concatenate([state["mel"], mel], axis=1)
-                state["energy"] = np.concatenate([state["energy"], energy])
+                state["voice"] = np.concatenate([state["voice"], energy])
         return pushed
 
     def _frame_windows(self, tail: np.ndarray, first: int, last: int, total: int) -> np.ndarray:

@@ -20,7 +20,8 @@ with batched operator steps: this is what makes throughput grow with concurrency
 the :class:`operators.streaming.engine.StreamEngine` contract.
 
 Endpointing (``operators.asr.endpointing``, optional): after each step the chunk's encoder frames
-are flagged silent (CTC blank and no voice by energy); when an endpoint rule fires, the tokens up
+are flagged silent (CTC blank and no voice: by energy, or by Silero VAD's speech probability,
+``operators.asr.live_vad``); when an endpoint rule fires, the tokens up
 to that frame close the utterance, a ``final`` event carries its whole text, and the stream's
 encoder and decoder state restart for the next utterance (the next chunk is a first chunk). The
 end of the stream closes the last utterance the same way.
@@ -34,6 +35,8 @@ import torch
 from operators.asr.endpointing import EndpointConfig, Endpointer, voiced_frames
 from operators.asr.kv_memo import KeyValueMemo
 from operators.asr.live_frontend import IncrementalFrontEnd
+from operators.asr.live_vad import LiveSpeechDetector
+from operators.asr.silero_vad import load_silero_vad
 from operators.asr.state import STATE_BATCH_AXES, state_from_numpy, state_to_numpy
 from operators.asr.streaming import StreamingASR
 from operators.streaming.engine import StreamEngine
@@ -75,6 +78,10 @@ class LiveASR(StreamEngine):
         self.frontend = IncrementalFrontEnd(self.mel)
         self.chunk, self.first_frames, self.later_frames = asr.chunk_sizes()
         self._kv_memo = KeyValueMemo()
+        self.speech = None
+        if endpointing is not None and endpointing.vad == "silero":
+            self.speech = LiveSpeechDetector(load_silero_vad(endpointing.vad_model or None), self.mel.hop_length,
+                                             self.mel.win_length // 2)
 
     @property
     def sample_rate(self) -> int:
@@ -88,6 +95,8 @@ class LiveASR(StreamEngine):
     def init_state(self) -> State:
         """The state of a new stream."""
         state = {**self._initial_operator_state(), **self.frontend.init_state()}
+        if self.speech is not None:
+            state.update(self.speech.init_state())
         state.update(
             steps=np.zeros((), np.int64),
             done=np.zeros((), np.bool_),
@@ -129,7 +138,7 @@ class LiveASR(StreamEngine):
 
     def step(self, inputs: Sequence[np.ndarray], states: Sequence[State]) -> Tuple[List[List[AsrDelta]], List[State]]:
         """Adds each stream's samples and steps every chunk they complete, ready streams batched."""
-        return self._drain(self.frontend.push(states, inputs, False))
+        return self._drain(self._push(states, inputs, False))
 
     def finalize(self, state: State) -> List[AsrDelta]:
         """Ends a stream: computes its last mel frames and steps its last (shorter) chunks."""
@@ -137,11 +146,18 @@ class LiveASR(StreamEngine):
 
     def finalize_many(self, states: Sequence[State]) -> List[List[AsrDelta]]:
         """Ends several streams, their last chunks stepped in batches."""
-        outputs, ended = self._drain(self.frontend.push(states, [np.zeros(0, np.float32)] * len(states), True))
+        outputs, ended = self._drain(self._push(states, [np.zeros(0, np.float32)] * len(states), True))
         for output, state in zip(outputs, ended):
             if self.endpointing is not None and len(state["utt_tokens"]):
                 output.append(self._final(state, int(state["frames"]), "eos"))
         return outputs
+
+    def _push(self, states: Sequence[State], inputs: Sequence[np.ndarray], final: bool) -> List[State]:
+        """The front end (and the speech detector, when on) takes each stream's new samples."""
+        pushed = self.frontend.push(states, inputs, final)
+        if self.speech is None:
+            return pushed
+        return self.speech.push(pushed, inputs, [int(state["frames"]) for state in states])
 
     def _drain(self, states: List[State]) -> Tuple[List[List[AsrDelta]], List[State]]:
         outputs: List[List[AsrDelta]] = [[] for _ in states]
@@ -209,7 +225,7 @@ class LiveASR(StreamEngine):
             stepped = state["asr/cache_last_channel"]
             n = lengths[j]
             state["mel"] = state["mel"][:, n:].copy()
-            state["energy"] = state["energy"][n:].copy()
+            state["voice"] = state["voice"][n:].copy()
             state["steps"] = np.asarray(int(state["steps"]) + 1, np.int64)
             consumed = int(state["frames"]) - state["mel"].shape[1]
             tokens = [int(t) for t in output.tokens[j]]
@@ -269,7 +285,7 @@ class LiveASR(StreamEngine):
         config = self.endpointing
         hop_s = self.mel.hop_length / self.mel.sample_rate
         blank = self.asr.blank
-        voiced = voiced_frames(before["energy"][:n_mel], len(best), config.vad_threshold_db)
+        voiced = voiced_frames(before["voice"][:n_mel], len(best), config.voice_threshold)
         endpointer = Endpointer(config, self.later_frames / self.chunk * hop_s,
                                 {"frames": int(state["ep_frames"]), "length": int(state["ep_length"]),
                                  "trailing": int(state["ep_trailing"])})
@@ -296,7 +312,7 @@ class LiveASR(StreamEngine):
             state["prev_token"] = np.full((), -1, np.int64)
         back = end_mel - first_mel
         state["mel"] = np.concatenate([before["mel"][:, back:n_mel], state["mel"]], axis=1)
-        state["energy"] = np.concatenate([before["energy"][back:n_mel], state["energy"]])
+        state["voice"] = np.concatenate([before["voice"][back:n_mel], state["voice"]])
         state.update(self._initial_operator_state())
         state.update(steps=np.zeros((), np.int64), ep_frames=np.asarray(ends[0] + 1, np.int64),
                      ep_length=np.zeros((), np.int64), ep_trailing=np.zeros((), np.int64))
