@@ -30,7 +30,7 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
@@ -104,6 +104,8 @@ class WebSocketEdge:
         self.port = port
         self._clients: Dict[str, _Client] = {}
         self._count = 0
+        self._handed: List[Tuple[_Client, str]] = []  # lines from the sink not yet in the clients' outboxes
+        self._handed_lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stopped: Optional[asyncio.Future] = None
@@ -141,12 +143,26 @@ class WebSocketEdge:
     # Outbound: the sink thread hands lines over; each client's task sends its own.
 
     def reply(self, conn_id: str, line: str) -> bool:
-        """Queues one event line for a client (never blocks); False if the client is gone."""
+        """Queues one event line for a client (never blocks); False if the client is gone.
+
+        Lines handed over while the event loop has not yet taken the previous ones go with
+        them: one loop wake-up per batch of events (a bundle's), not per event.
+        """
         client = self._clients.get(conn_id)
         if client is None:
             return False
-        self._loop.call_soon_threadsafe(self._enqueue, client, line)
+        with self._handed_lock:
+            self._handed.append((client, line))
+            wake = len(self._handed) == 1
+        if wake:
+            self._loop.call_soon_threadsafe(self._take_handed)
         return True
+
+    def _take_handed(self) -> None:
+        with self._handed_lock:
+            handed, self._handed = self._handed, []
+        for client, line in handed:
+            self._enqueue(client, line)
 
     def _enqueue(self, client: _Client, line: Optional[str]) -> None:
         if line is not None:
