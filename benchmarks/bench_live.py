@@ -181,6 +181,7 @@ async def _ws_stream(url: str, sid: str, audio: np.ndarray, delay: float, log: S
             await ws.send(pcm[start : start + step].tobytes())
             log.sent[seq] = time.time()
         await ws.send(json.dumps({"type": "end"}))
+        log.sent[len(log.sent)] = time.time()  # the end message has the next seq: it flushes the last chunk
         await asyncio.wait_for(task, 120)
 
 
