@@ -187,10 +187,14 @@ def test_tcp_connections_are_capped_and_forgotten_once_done():
 
     from transforms.live.pollers import SourceSpec, TcpListener
 
-    def writers() -> int:
-        return sum(t.name == "mediabeam-live-reply" and t.is_alive() for t in threading.enumerate())
+    def writer_threads() -> set:
+        return {t for t in threading.enumerate() if t.name == "mediabeam-live-reply" and t.is_alive()}
 
-    before = writers()
+    earlier = writer_threads()  # other tests' writers may still linger, and end at any time
+
+    def writers() -> int:
+        return len(writer_threads() - earlier)
+
     listener = TcpListener(SourceSpec("tcp", "127.0.0.1:0", Budgets(live_connections=2), idle_seconds=0.5))
     address = (listener.host, listener.port)
     try:
@@ -200,24 +204,24 @@ def test_tcp_connections_are_capped_and_forgotten_once_done():
         assert third.recv(1) == b""  # closed by the server at once
         [refused] = listener.drain(5.0)
         assert refused.error_type == "BudgetExceeded" and "live_connections=2" in refused.message
-        assert writers() == before + 2
+        assert writers() == 2
         first.shutdown(socket.SHUT_WR)  # done sending, still reading: its events still reach it
         time.sleep(0.3)
         assert listener.reply("tcp://%s:%d/0" % address, "late event")
         first.settimeout(5)
         assert first.recv(100) == b"late event\n"
         deadline = time.time() + 5
-        while writers() > before + 1 and time.time() < deadline:  # 0.5 s without a line: forgotten
+        while writers() > 1 and time.time() < deadline:  # 0.5 s without a line: forgotten
             time.sleep(0.05)
-        assert writers() == before + 1 and not listener.reply("tcp://%s:%d/0" % address, "gone")
+        assert writers() == 1 and not listener.reply("tcp://%s:%d/0" % address, "gone")
         fourth = socket.create_connection(address)  # the freed slot is taken
         time.sleep(0.3)
-        assert listener.drain(0.1) == [] and writers() == before + 2
+        assert listener.drain(0.1) == [] and writers() == 2
         for sock in (first, second, third, fourth):
             sock.close()
     finally:
         listener.close()
     deadline = time.time() + 5
-    while writers() > before and time.time() < deadline:
+    while writers() > 0 and time.time() < deadline:
         time.sleep(0.05)
-    assert writers() == before  # no thread left behind
+    assert writers() == 0  # no thread left behind
