@@ -23,6 +23,7 @@ latency follows it.
 
     .venv/bin/python benchmarks/bench_live.py [--levels 1,8,32,128] [--att-context 70,13]
         [--endpoint-silence 1.2] [--piece-seconds 0.16] [--transports tcp,ws] [--num-shards 1]
+        [--vad energy|silero]
 
 Needs espeak-ng. The live job runs with its defaults (1 PyTorch thread, 1 shard) on this
 machine's cores, shared with the benchmark's clients.
@@ -64,7 +65,7 @@ def _start_pipeline(args, log_path: str) -> Tuple[subprocess.Popen, int, int]:
     cmd = [sys.executable, "-m", "pipelines.cli", "live-asr", "--port", "0", "--ws-port", str(ws_port), "--reply",
            "--output", os.devnull, "--idle-timeout", "15", "--max-idle-seconds", "8", "--stop-after", "1500",
            "--att-context", args.att_context, "--endpoint-silence", str(args.endpoint_silence),
-           "--num-shards", str(args.num_shards)]
+           "--num-shards", str(args.num_shards), "--vad", args.vad]
     proc = subprocess.Popen(cmd, stderr=open(log_path, "w"), stdout=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -232,7 +233,8 @@ def engine_probe(args, talks, streams: int = 32, steps: int = 12) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     engine = load_live_asr(att_context=[int(v) for v in args.att_context.split(",")],
-                           endpointing=DEFAULT_ENDPOINTING._replace(rule2=EndpointRule(True, args.endpoint_silence, 0.0)))
+                           endpointing=DEFAULT_ENDPOINTING._replace(rule2=EndpointRule(True, args.endpoint_silence, 0.0),
+                                                                    vad=args.vad))
     piece = int(args.piece_seconds * RATE)
     audio = [talks[i % len(talks)][0] for i in range(streams)]
     states = [engine.init_state() for _ in audio]
@@ -253,13 +255,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument("--att-context", default="70,13", help="look-ahead L,R of the model (chunk size)")
     parser.add_argument("--endpoint-silence", type=float, default=1.2, help="live-asr --endpoint-silence")
     parser.add_argument("--piece-seconds", type=float, default=0.16, help="audio per client message")
+    parser.add_argument("--vad", choices=("energy", "silero"), default="energy", help="live-asr --vad")
     parser.add_argument("--num-shards", type=int, default=1, help="live-asr --num-shards (a bundle reads and "
                         "writes the state of the shards it touches only)")
     args = parser.parse_args(argv)
     levels = [int(v) for v in args.levels.split(",")]
     talks = conversations(8)
     report = {"runner": "FnApiRunner (in-process)", "att_context": args.att_context,
-              "endpoint_silence_s": args.endpoint_silence, "piece_s": args.piece_seconds,
+              "endpoint_silence_s": args.endpoint_silence, "piece_s": args.piece_seconds, "vad": args.vad,
               "num_shards": args.num_shards, "levels": []}
     report["host_speed_before"] = engine_probe(args, talks)
     print(json.dumps({"host_speed_before": report["host_speed_before"]}), flush=True)
