@@ -108,6 +108,13 @@ def test_endpointing_needs_the_ctc_head():
         LiveASR(asr, DEFAULT_ENDPOINTING)
 
 
+def test_unknown_voice_detector_is_refused():
+    from operators.asr.stream_engine import LiveASR, random_live_asr
+
+    with pytest.raises(ValueError, match="'energy' or 'silero'"):
+        LiveASR(random_live_asr().asr, DEFAULT_ENDPOINTING._replace(vad="webrtc"))
+
+
 def test_send_assembles_the_transcript_from_utterance_finals():
     from pipelines.tools.send import assemble_transcript
 

@@ -22,7 +22,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from operators.asr.silero_vad import CONTEXT, HIDDEN, WINDOW, SileroVAD, VADState
+from operators.asr.silero_vad import CONTEXT, HIDDEN, WINDOW, SileroVAD, VADState, concat_states
 
 State = Dict[str, np.ndarray]
 
@@ -80,8 +80,8 @@ class LiveSpeechDetector:
     def _step_windows(self, states: List[State], blocks: List[np.ndarray]) -> None:
         """Steps each stream through its windows, all streams in one batch per window position
         (a stream without a window at a position keeps its state)."""
-        batch = VADState(*(torch.from_numpy(np.concatenate([s[f"vad/{name}"] for s in states]))
-                           for name in ("h", "c", "context")))
+        batch = concat_states([VADState(*(torch.from_numpy(s[f"vad/{name}"]) for name in VADState._fields))
+                               for s in states])
         counts = torch.tensor([len(block) for block in blocks])
         probs = np.zeros((len(states), int(counts.max())), np.float32)
         windows = np.zeros((len(states), WINDOW), np.float32)
@@ -93,26 +93,23 @@ class LiveSpeechDetector:
             batch = VADState(*(torch.where(active, new, old) for new, old in zip(stepped, batch)))
             probs[:, r] = prob.numpy()
         for j, (state, block) in enumerate(zip(states, blocks)):
-            for name, field in zip(("h", "c", "context"), batch):
+            for name, field in zip(VADState._fields, batch):
                 state[f"vad/{name}"] = field[j : j + 1].numpy().copy()
             state["vad/probs"] = np.concatenate([state["vad/probs"], probs[j, : len(block)]])
             state["vad/windows"] = np.asarray(int(state["vad/windows"]) + len(block), np.int64)
-
-    def _window_of(self, frame: int, windows: int) -> int:
-        """The window whose probability mel frame ``frame`` takes (-1: none complete)."""
-        return min((frame * self.hop + self.window_end) // WINDOW - 1, windows - 1)
 
     def _score(self, state: State, first: int) -> None:
         """Sets the voice score of mel frames ``first…frames-1`` and drops probabilities no later
         frame needs."""
         frames, windows, base = int(state["frames"]), int(state["vad/windows"]), int(state["vad/first"])
-        probs = state["vad/probs"]
+        # The window each frame takes (-1: none complete yet); the last entry is the next frame's.
+        window = np.minimum((np.arange(first, frames + 1) * self.hop + self.window_end) // WINDOW - 1, windows - 1)
         if frames > first:
-            index = np.array([self._window_of(t, windows) for t in range(first, frames)])
-            scores = np.where(index >= 0, probs[np.clip(index - base, 0, max(len(probs) - 1, 0))]
-                              if len(probs) else 0.0, 0.0).astype(np.float32)
-            state["voice"] = np.concatenate([state["voice"][: len(state["voice"]) - (frames - first)], scores])
-        keep = max(self._window_of(frames, windows), 0)
+            scores = np.zeros(frames - first, np.float32)
+            known = window[:-1] >= 0
+            scores[known] = state["vad/probs"][window[:-1][known] - base]
+            state["voice"] = np.concatenate([state["voice"][: len(state["voice"]) - len(scores)], scores])
+        keep = max(int(window[-1]), 0)
         if keep > base:
-            state["vad/probs"] = probs[keep - base :].copy()
+            state["vad/probs"] = state["vad/probs"][keep - base :].copy()
             state["vad/first"] = np.asarray(keep, np.int64)

@@ -69,6 +69,8 @@ class LiveASR(StreamEngine):
     event_name = "partial"
 
     def __init__(self, asr: StreamingASR, endpointing: Optional[EndpointConfig] = None):
+        if endpointing is not None and endpointing.vad not in ("energy", "silero"):
+            raise ValueError(f"voice-activity detector {endpointing.vad!r}: use 'energy' or 'silero'")
         if endpointing is not None and asr.decoder != "ctc":
             raise ValueError("endpointing needs the CTC decoder (it reads the CTC blank run); "
                              "pass decoder='ctc' or turn endpointing off")
