@@ -32,7 +32,7 @@ from schemas.live import (
 )
 from transforms.errors import DEAD_LETTER_TAG
 from transforms.live.coder import NumpyTreeCoder
-from transforms.live.state_log import RECORD_CODER, ShardStateLog
+from transforms.live.state_log import RECORD_CODER, ShardStateLog, WrittenStates
 from transforms.live.streams import LiveStreamFn, LiveStreams
 
 torch.set_num_threads(1)  # tiny shapes: extra threads only add synchronisation on a shared machine
@@ -293,6 +293,28 @@ def test_restart_from_coded_state_continues_identically(engine):
     assert _tokens(outputs, "b") == _offline_tokens(engine, b)
 
 
+def test_states_taken_back_from_the_worker_give_what_decoding_gives(engine):
+    """The DoFn takes back the states it wrote last bundle instead of decoding them
+    (``WrittenStates``); a DoFn that always decodes gives the same events and writes the same
+    bytes, bundle after bundle, with streams interleaved, reordered and ending."""
+    a, b = _audio(13, 40000), _audio(14, 30000)
+    ca, cb = _chunks("a", a, [5000, 12000, 20000, 33000]), _chunks("b", b, [8000, 16000])
+    batches = [[ca[0], cb[0]], [ca[2], ca[1]], [cb[1]], [ca[3], cb[2]], [ca[4]]]
+    taking, decoding = _fn(), _fn()
+    decoding._written = WrittenStates(max_bytes=0)
+    mine, theirs = _cells(), _cells()
+    outputs = []
+    for k, batch in enumerate(batches):
+        ours, want = _call(taking, mine, batch), _call(decoding, theirs, batch)
+        assert [(o.event, o.seq, o.fields) for o in ours] == [(o.event, o.seq, o.fields) for o in want]
+        assert mine[0].data == theirs[0].data
+        if k == 0:
+            assert len(taking._written) == 2  # both states kept: the next bundle takes them back
+        outputs += ours
+    assert len(taking._written) == 0  # both streams ended: nothing kept
+    assert _tokens(outputs, "a") == _offline_tokens(engine, a) and len(_tokens(outputs, "a")) > 5
+
+
 def test_state_size_is_bounded_for_long_streams():
     fn, cells = _fn(), _cells()
     x = _audio(5, 16000 * 30)
@@ -333,12 +355,12 @@ def test_idle_expiry_checks_last_seen_time(engine):
     log, timer = cells
     assert timer.when == 110.0
     now[0] = 105.0  # an early firing (the in-process runner fires after every bundle)
-    written = log.written
-    assert list(fn.expire(log=log, expiry=timer)) == []
-    assert log.written == written  # nothing changed: nothing written
+    written, timer.when = log.written, None
+    assert list(fn.expire(shard=0, log=log, expiry=timer)) == []
+    assert log.written == written and timer.when == 110.0  # nothing written; the timer is set again
     assert "idle" in log.shard().book()["streams"] and "idle" in log.shard()
     now[0] = 111.0
-    events += list(fn.expire(log=log, expiry=timer))
+    events += list(fn.expire(shard=0, log=log, expiry=timer))
     assert events[-1].event == "final" and events[-1].fields["reason"] == "idle"
     assert _tokens(events, "idle") == _offline_tokens(engine, x)
     shard = log.shard()

@@ -1,10 +1,19 @@
-"""``ShardStateLog``: replay, what a commit appends, rewriting, and the DoFn writing only touched streams."""
+"""``ShardStateLog``: replay, what a commit appends, rewriting, the states a worker wrote taken back
+instead of decoded, and the DoFn writing only touched streams."""
 
 import numpy as np
 import pytest
 
 from transforms.live.coder import NumpyTreeCoder
-from transforms.live.state_log import BOOK, END, RECORD_CODER, REWRITE_SLACK_BYTES, STATE, ShardStateLog
+from transforms.live.state_log import (
+    BOOK,
+    END,
+    RECORD_CODER,
+    REWRITE_SLACK_BYTES,
+    STATE,
+    ShardStateLog,
+    WrittenStates,
+)
 
 BOOK_TREE = {"streams": {"a": {"next": 3}}, "closed": {}}
 
@@ -84,3 +93,36 @@ def test_empty_shard_clears_its_log_once():
 def test_corrupt_record_kind_is_refused():
     with pytest.raises(ValueError, match="record kind 'bogus'"):
         ShardStateLog([("bogus", "a", b"")])
+
+
+def test_written_states_come_back_for_their_own_record_only():
+    """A state committed through ``WrittenStates`` is handed back (not decoded) for its record,
+    as the same bytes object or equal bytes read back from a runner; a record with other
+    contents (another worker wrote it, or a restore) is decoded; an ended stream is forgotten."""
+    written = WrittenStates()
+    log = ShardStateLog(written=written)
+    log["a"], log["b"] = _state(1), _state(2)
+    _, records = log.commit(BOOK_TREE)
+    same = ShardStateLog(records, written)
+    assert same["a"] is log["a"] and same.has_book(records[0][2])
+    read_back = ShardStateLog([RECORD_CODER.decode(RECORD_CODER.encode(r)) for r in records], written)
+    assert read_back["b"] is log["b"]
+    with pytest.raises(ValueError):
+        read_back["b"]["cache"][0] = 1.0  # kept states are read-only: an engine returns new ones
+    other = ShardStateLog(records + [(STATE, "a", NumpyTreeCoder().encode(_state(7)))], written)
+    assert other["a"] is not log["a"]
+    np.testing.assert_array_equal(other["a"]["cache"], _state(7)["cache"])
+    del same["a"]
+    same.commit(BOOK_TREE)
+    assert written.get("a", records[1][2]) is None and len(written) == 1
+
+
+def test_written_states_stay_within_their_bytes():
+    coder = NumpyTreeCoder()
+    coded = {sid: coder.encode(_state(i, 1000)) for i, sid in enumerate("abc")}
+    written = WrittenStates(max_bytes=2 * len(coded["a"]) + 10)
+    for sid in "abc":
+        written.put(sid, coded[sid], coder.decode(coded[sid]))
+    assert len(written) == 2 and written.get("a", coded["a"]) is None  # least recently used went first
+    assert written.get("c", coded["c"]) is not None
+    WrittenStates(max_bytes=0).put("a", coded["a"], {})  # too big for the bound: not kept, no error

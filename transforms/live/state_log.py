@@ -13,10 +13,16 @@ the bytes a bundle writes follow the streams it touched, on any runner.
 Records are ``(kind, stream_id, payload)`` with kind ``book`` (the book's tree), ``state`` (a
 stream's engine state) or ``end`` (the stream's state is gone), each payload coded by
 ``NumpyTreeCoder``; ``RECORD_CODER`` codes a record for Beam (deterministic, no pickle).
+
+A worker keeps the states it last wrote (``WrittenStates``), so the next bundle that reads the
+very record it wrote takes the state back instead of decoding it; a record written elsewhere,
+or restored, is decoded. Decoding was a tenth of a live bundle at 32 streams.
 """
 
+from collections import OrderedDict
 from typing import Any, Dict, Iterable, Iterator, List, MutableMapping, Optional, Set, Tuple
 
+import numpy as np
 from apache_beam.coders import BytesCoder, StrUtf8Coder, TupleCoder
 
 from transforms.live.coder import NumpyTreeCoder
@@ -31,6 +37,64 @@ RECORD_CODER = TupleCoder([StrUtf8Coder(), StrUtf8Coder(), BytesCoder()])
 REWRITE_SLACK_BYTES = 1 << 20
 
 
+class WrittenStates:
+    """The stream states a worker committed last, by stream id, with the record they were coded to.
+
+    ``get`` hands a state back only for that same record (the in-process runner reads back the
+    very bytes object; other runners equal bytes), so what a bundle sees is what decoding the
+    record would give. The states' arrays are made read-only when kept: an engine takes its
+    input states without changing them (it returns new ones), and this holds it to that.
+
+    Args:
+        max_bytes: Bound on the coded bytes of the states kept (least recently used dropped
+            first); 256 MiB holds about 2,000 streams of the embedded ASR model.
+    """
+
+    def __init__(self, max_bytes: int = 256 << 20):
+        self.max_bytes = max_bytes
+        self._entries: "OrderedDict[str, Tuple[bytes, Any]]" = OrderedDict()
+        self._bytes = 0
+
+    def get(self, stream_id: str, coded: bytes) -> Optional[Any]:
+        """The state kept for ``stream_id`` if it was coded to exactly ``coded``, else None."""
+        entry = self._entries.get(stream_id)
+        if entry is None or not (entry[0] is coded or entry[0] == coded):
+            return None
+        self._entries.move_to_end(stream_id)
+        return entry[1]
+
+    def put(self, stream_id: str, coded: bytes, state: Any) -> None:
+        """Keeps ``state`` as the one ``coded`` holds (its arrays become read-only)."""
+        self.forget(stream_id)
+        if len(coded) > self.max_bytes:
+            return
+        _freeze(state)
+        self._entries[stream_id] = (coded, state)
+        self._bytes += len(coded)
+        while self._bytes > self.max_bytes:
+            self.forget(next(iter(self._entries)))
+
+    def forget(self, stream_id: str) -> None:
+        """Drops the state kept for ``stream_id`` (the stream ended)."""
+        entry = self._entries.pop(stream_id, None)
+        if entry is not None:
+            self._bytes -= len(entry[0])
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _freeze(tree: Any) -> None:
+    if isinstance(tree, np.ndarray):
+        tree.flags.writeable = False
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            _freeze(value)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            _freeze(value)
+
+
 class ShardStateLog(MutableMapping):
     """The replayed log of one shard: its book, and a mapping stream id → engine state.
 
@@ -40,10 +104,13 @@ class ShardStateLog(MutableMapping):
 
     Args:
         records: The bag's records in the order they were added (``None``: an empty shard).
+        written: The worker's ``WrittenStates``: read from before decoding, updated on commit
+            (``None``: always decode).
     """
 
-    def __init__(self, records: Optional[Iterable[Record]] = None):
+    def __init__(self, records: Optional[Iterable[Record]] = None, written: Optional[WrittenStates] = None):
         self._coder = NumpyTreeCoder()
+        self._written = written
         self._book: Optional[bytes] = None
         self._coded: Dict[str, bytes] = {}
         self._logged_bytes = self._logged_records = 0
@@ -65,9 +132,20 @@ class ShardStateLog(MutableMapping):
         """The book's tree as last committed (``None`` for a new shard)."""
         return None if self._book is None else self._coder.decode(self._book)
 
+    @property
+    def coded_book(self) -> Optional[bytes]:
+        """The book's record as read or last committed (``None``: no book)."""
+        return self._book
+
+    def has_book(self, coded: Optional[bytes]) -> bool:
+        """Whether the book read is exactly ``coded`` (the same object, or equal bytes)."""
+        return self._book is coded or (self._book is not None and coded is not None and self._book == coded)
+
     def __getitem__(self, stream_id: str) -> Any:
         if stream_id not in self._decoded:
-            self._decoded[stream_id] = self._coder.decode(self._coded[stream_id])
+            coded = self._coded[stream_id]
+            state = None if self._written is None else self._written.get(stream_id, coded)
+            self._decoded[stream_id] = self._coder.decode(coded) if state is None else state
         return self._decoded[stream_id]
 
     def __setitem__(self, stream_id: str, state: Any) -> None:
@@ -107,8 +185,12 @@ class ShardStateLog(MutableMapping):
                 coded = self._coder.encode(self._decoded[stream_id])
                 self._coded[stream_id] = coded
                 appended.append((STATE, stream_id, coded))
+                if self._written is not None:
+                    self._written.put(stream_id, coded, self._decoded[stream_id])
             else:
                 appended.append((END, stream_id, b""))
+                if self._written is not None:
+                    self._written.forget(stream_id)
         self._changed.clear()
         book = self._coder.encode(book_tree) if book_tree is not None or self._coded else None
         if book is not None and book != self._book:

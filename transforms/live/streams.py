@@ -19,8 +19,11 @@ appends the book and the states of the streams it stepped or ended, not the whol
 decodes only the states it uses (``NumpyTreeCoder``, no pickle). A processing-time timer is
 set for the first stream to go idle; timers may fire early
 (the in-process runner fires them after bundles of an unbounded pipeline), so ``expire``
-asks the book, which checks each stream's last-seen time. It is only set while a shard has
-open streams, so a bounded run ends with no timer pending.
+asks the book, which checks each stream's last-seen time; when the shard's book is still the
+one this worker committed and its first idle time is ahead, ``expire`` only sets the timer
+again (no decoding, nothing written). It is only set while a shard has open streams, so a
+bounded run ends with no timer pending. A worker takes back the stream states it wrote last
+instead of decoding them (``WrittenStates``).
 
 A payload over ``live_frame_bytes`` (possible from sources other than ``ReadLiveFrames``,
 whose decoder already skips them) and a payload the engine cannot decode are error events for
@@ -51,7 +54,7 @@ from schemas.budgets import DEFAULT_BUDGETS, BudgetExceeded, Budgets
 from schemas.live import LiveChunk, LiveEvent
 from transforms.errors import DEAD_LETTER_TAG, count, dead_letter
 from transforms.live.shard import ShardChunks
-from transforms.live.state_log import RECORD_CODER, ShardStateLog
+from transforms.live.state_log import RECORD_CODER, ShardStateLog, WrittenStates
 
 STAGE = "LiveStreams"
 
@@ -87,6 +90,8 @@ class LiveStreamFn(beam.DoFn):
         self._threads = threads
         self._clock = clock
         self.engine: Optional[StreamEngine] = None
+        self._written = WrittenStates()
+        self._due: Dict[Any, Tuple[bytes, float]] = {}  # shard → (its book as committed, next expiry)
 
     def setup(self) -> None:
         if self._threads:
@@ -103,9 +108,9 @@ class LiveStreamFn(beam.DoFn):
         log=beam.DoFn.StateParam(LOG),
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterator:
-        _, chunks = element
+        shard, chunks = element
         now = self._clock()
-        states = ShardStateLog(log.read())
+        states = ShardStateLog(log.read(), self._written)
         streams = self._book(states.book())
         out: List[Any] = []
         actions: List[Any] = []
@@ -121,20 +126,28 @@ class LiveStreamFn(beam.DoFn):
             actions += streams.push(chunk.stream_id, chunk.seq, chunk.eos, item, len(item["payload"]),
                                     chunk.received_at, chunk.source, now)
         self._apply(actions, states, out)
-        self._save(streams, states, log, expiry)
+        self._save(shard, streams, states, log, expiry)
         yield from out
 
     @on_timer(EXPIRY)
     def expire(
         self,
+        shard=beam.DoFn.KeyParam,
         log=beam.DoFn.StateParam(LOG),
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterator:
-        states = ShardStateLog(log.read())
+        states = ShardStateLog(log.read(), self._written)
+        now = self._clock()
+        due = self._due.get(shard)
+        if due is not None and now < due[1] and states.has_book(due[0]):
+            # Fired early (the in-process runner fires timers after every bundle): the book this
+            # worker committed says no stream is idle yet, so nothing is read, decoded or written.
+            expiry.set(Timestamp(due[1]))
+            return
         streams = self._book(states.book())
         out: List[Any] = []
-        self._apply(streams.expire(self._clock()), states, out)
-        self._save(streams, states, log, expiry)
+        self._apply(streams.expire(now), states, out)
+        self._save(shard, streams, states, log, expiry)
         yield from out
 
     def _book(self, tree: Optional[Dict[str, Any]]) -> StreamBook:
@@ -233,7 +246,7 @@ class LiveStreamFn(beam.DoFn):
             for fields in fields_list:
                 out.append(self._engine_event(sid, ready.seq, ready.received_at, ready.source, fields))
 
-    def _save(self, streams: StreamBook, states: ShardStateLog, log, expiry) -> None:
+    def _save(self, shard: Any, streams: StreamBook, states: ShardStateLog, log, expiry) -> None:
         tree = streams.to_tree()
         rewrite, records = states.commit(tree if tree["streams"] or tree["closed"] else None)
         if rewrite:
@@ -241,8 +254,10 @@ class LiveStreamFn(beam.DoFn):
         for record in records:
             log.add(record)
         when = streams.next_expiry()
+        self._due.pop(shard, None)
         if when is not None:
             expiry.set(Timestamp(when))
+            self._due[shard] = (states.coded_book, when)
 
 
 class LiveStreams(beam.PTransform):
