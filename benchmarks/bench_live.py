@@ -19,11 +19,12 @@ Prints p50/p95/p99 per transport and level, and one JSON line at the end. Before
 the levels it times the model's batched live step on 32 streams in this process
 (``host_speed_before``/``_after``: ms per piece, and the share of one core the model alone
 needs at 32 real-time streams), because a shared host's speed drifts by up to 2x and the job's
-latency follows it.
+latency follows it; each level also reports ``host_steal_share``, the share of CPU time the
+hypervisor gave to other machines meanwhile (``/proc/stat``).
 
     .venv/bin/python benchmarks/bench_live.py [--levels 1,8,32,128] [--att-context 70,13]
         [--endpoint-silence 1.2] [--piece-seconds 0.16] [--transports tcp,ws] [--num-shards 1]
-        [--vad energy|silero]
+        [--vad energy|silero] [--bundle-seconds 0.3]
 
 Needs espeak-ng. The live job runs with its defaults (1 PyTorch thread, 1 shard) on this
 machine's cores, shared with the benchmark's clients.
@@ -59,14 +60,20 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_pipeline(args, log_path: str) -> Tuple[subprocess.Popen, int, int]:
-    """Starts the live job; returns (process, tcp port, ws port)."""
+def job_flags(args) -> List[str]:
+    """The ``live-asr`` flags of this benchmark's configuration (``--att-context`` ...)."""
+    return ["--att-context", args.att_context, "--endpoint-silence", str(args.endpoint_silence),
+            "--num-shards", str(args.num_shards), "--vad", args.vad, "--bundle-seconds", str(args.bundle_seconds)]
+
+
+def start_job(flags: List[str], log_path: str, checkout: Optional[str] = None) -> Tuple[subprocess.Popen, int, int]:
+    """Starts ``mediabeam live-asr FLAGS`` listening on TCP and WebSocket, replying on both and
+    stopping after 8 s without frames, from ``checkout`` (a source tree; default: this one).
+    Returns (process, tcp port, ws port)."""
     ws_port = _free_port()
     cmd = [sys.executable, "-m", "pipelines.cli", "live-asr", "--port", "0", "--ws-port", str(ws_port), "--reply",
-           "--output", os.devnull, "--idle-timeout", "15", "--max-idle-seconds", "8", "--stop-after", "1500",
-           "--att-context", args.att_context, "--endpoint-silence", str(args.endpoint_silence),
-           "--num-shards", str(args.num_shards), "--vad", args.vad]
-    proc = subprocess.Popen(cmd, stderr=open(log_path, "w"), stdout=subprocess.DEVNULL)
+           "--output", os.devnull, "--idle-timeout", "15", "--max-idle-seconds", "8", "--stop-after", "1500", *flags]
+    proc = subprocess.Popen(cmd, stderr=open(log_path, "w"), stdout=subprocess.DEVNULL, cwd=checkout)
     deadline = time.time() + 180
     while time.time() < deadline:
         with open(log_path) as handle:
@@ -186,7 +193,26 @@ async def _ws_stream(url: str, sid: str, audio: np.ndarray, delay: float, log: S
         await asyncio.wait_for(task, 120)
 
 
-def _level(transport: str, ports: Tuple[int, int], streams: int, talks, piece_s: float, seed: int) -> dict:
+def cpu_times() -> Optional[Tuple[int, int]]:
+    """(steal, total) jiffies of all CPUs from ``/proc/stat`` (``None`` where there is none)."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before: Optional[Tuple[int, int]], after: Optional[Tuple[int, int]]) -> Optional[float]:
+    """The share of CPU time the hypervisor gave to other machines between two ``cpu_times``:
+    on a shared VM it is time this host wanted to run and could not, which latency follows."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
+
+
+def run_level(transport: str, ports: Tuple[int, int], streams: int, talks, piece_s: float, seed: int) -> dict:
+    """``streams`` clients over ``transport`` (``tcp``/``ws``) at random phases; their latencies."""
     logs = []
     jobs = []
     for i in range(streams):
@@ -194,7 +220,7 @@ def _level(transport: str, ports: Tuple[int, int], streams: int, talks, piece_s:
         delay = random.Random(seed + i).uniform(0, 1.0) if streams > 1 else 0.0
         logs.append(StreamLog(piece_s, ends))
         jobs.append((f"{transport}-{seed}-{i}", audio, delay, logs[-1]))
-    start = time.time()
+    start, times = time.time(), cpu_times()
     if transport == "tcp":
         threads = [threading.Thread(target=_tcp_stream, args=(ports[0], *job)) for job in jobs]
         for t in threads:
@@ -208,7 +234,8 @@ def _level(transport: str, ports: Tuple[int, int], streams: int, talks, piece_s:
             await asyncio.gather(*[_ws_stream(url, *job) for job in jobs])
 
         asyncio.run(run_all())
-    result = {"transport": transport, "streams": streams, "wall_s": round(time.time() - start, 1)}
+    result = {"transport": transport, "streams": streams, "wall_s": round(time.time() - start, 1),
+              "host_steal_share": steal_share(times, cpu_times())}
     for name in ("partial", "final", "speech_end_to_final"):
         values = np.array([v for log in logs for v in log.latencies()[name]]) * 1000
         result[f"{name}_events"] = len(values)
@@ -258,21 +285,22 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument("--vad", choices=("energy", "silero"), default="energy", help="live-asr --vad")
     parser.add_argument("--num-shards", type=int, default=1, help="live-asr --num-shards (a bundle reads and "
                         "writes the state of the shards it touches only)")
+    parser.add_argument("--bundle-seconds", type=float, default=0.3, help="live-asr --bundle-seconds")
     args = parser.parse_args(argv)
     levels = [int(v) for v in args.levels.split(",")]
     talks = conversations(8)
     report = {"runner": "FnApiRunner (in-process)", "att_context": args.att_context,
               "endpoint_silence_s": args.endpoint_silence, "piece_s": args.piece_seconds, "vad": args.vad,
-              "num_shards": args.num_shards, "levels": []}
+              "num_shards": args.num_shards, "bundle_s": args.bundle_seconds, "levels": []}
     report["host_speed_before"] = engine_probe(args, talks)
     print(json.dumps({"host_speed_before": report["host_speed_before"]}), flush=True)
     with tempfile.TemporaryDirectory() as workdir:
-        proc, tcp_port, ws_port = _start_pipeline(args, os.path.join(workdir, "live.log"))
+        proc, tcp_port, ws_port = start_job(job_flags(args), os.path.join(workdir, "live.log"))
         try:
-            _level("tcp", (tcp_port, ws_port), 1, talks, args.piece_seconds, seed=999)  # warm-up
+            run_level("tcp", (tcp_port, ws_port), 1, talks, args.piece_seconds, seed=999)  # warm-up
             for n in levels:
                 for transport in args.transports.split(","):
-                    result = _level(transport, (tcp_port, ws_port), n, talks, args.piece_seconds, seed=n)
+                    result = run_level(transport, (tcp_port, ws_port), n, talks, args.piece_seconds, seed=n)
                     report["levels"].append(result)
                     print(json.dumps(result), flush=True)
         finally:

@@ -32,6 +32,9 @@ def add_live_flags(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--tail", default=None, help="replay .mbl recordings from this file or folder instead of TCP")
     src.add_argument("--ws-port", type=int, default=0,
                      help="also serve WebSocket clients on this port, on --host (0: off; see docs/live.md)")
+    src.add_argument("--bundle-seconds", type=float, default=0.3,
+                     help="how long one bundle keeps polling while frames arrive; each poll's frames are processed "
+                          "at once, state is committed and idle timers fire between bundles (0: one poll per bundle)")
     src.add_argument("--http-port", type=int, default=0,
                      help="serve the browser page (microphone / camera) on this port, on --host; needs --ws-port "
                           "(0: off)")
@@ -61,6 +64,8 @@ def check_live_flags(args: argparse.Namespace) -> Budgets:
         raise ConfigError(f"--port {args.port} must be in 0..65535")
     if args.tail is not None and not os.path.exists(args.tail):
         raise ConfigError(f"--tail {args.tail!r} does not exist; pass a .mbl recording or a folder of them")
+    if not 0 <= args.bundle_seconds <= 60:
+        raise ConfigError(f"--bundle-seconds {args.bundle_seconds} must be between 0 and 60 (seconds; default 0.3)")
     if args.threads < 0:
         raise ConfigError("--threads must be 0 (PyTorch's default) or more")
     for name in ("num_shards", "max_batch"):
@@ -95,7 +100,8 @@ def source_spec(args: argparse.Namespace, budgets: Budgets, media: str = "audio"
     http_address = f"{args.host}:{args.http_port}" if args.http_port else ""
     # Bounded runs drain past the idle timeout, so open streams are finalised before the end.
     return SourceSpec(kind, address, budgets, args.idle_timeout, args.max_idle_seconds, args.stop_after,
-                      drain_seconds=args.idle_timeout + 0.5, ws_address=ws_address, media=media,
+                      bundle_seconds=args.bundle_seconds, drain_seconds=args.idle_timeout + 0.5,
+                      ws_address=ws_address, media=media,
                       model_rate=model_rate, http_address=http_address)
 
 

@@ -212,6 +212,21 @@ class LiveChunk(NamedTuple):
     source: str
 
 
+class PollEnd(NamedTuple):
+    """Punctuation after the chunks that one poll of the live source delivered together.
+
+    The source keeps a bundle open across many polls (committing state and firing timers
+    costs a bundle boundary); a consumer that batches what arrived together
+    (``transforms.live.shard.ShardChunks``) flushes at each ``PollEnd`` instead of waiting for
+    the bundle to finish. Other consumers of the source's chunks skip it.
+
+    Attributes:
+        at: Wall-clock seconds when the poll ended.
+    """
+
+    at: float
+
+
 class LiveEvent(NamedTuple):
     """One output event, written as a JSON line.
 

@@ -55,7 +55,10 @@ class SourceSpec(NamedTuple):
         idle_seconds: A stream with no frame for this long no longer counts as open.
         max_idle_seconds: Stop after this long without a frame (0: never).
         stop_after_seconds: Stop after this long in total (0: never).
-        poll_seconds: Longest wait for frames in one ``process`` call.
+        poll_seconds: Longest wait for the first frame of a poll.
+        bundle_seconds: How long one ``process`` call (one bundle) goes on polling while
+            frames keep arriving; each poll's frames go downstream at once, followed by a
+            ``PollEnd`` (0: one poll per bundle).
         drain_seconds: After a stop condition, keep delivering for this long before finishing
             (downstream idle-stream timers fire and events reach the clients).
         ws_address: ``HOST:PORT`` to serve WebSocket clients on as well (tcp only; ``""``: none).
@@ -71,6 +74,7 @@ class SourceSpec(NamedTuple):
     max_idle_seconds: float = 0.0
     stop_after_seconds: float = 0.0
     poll_seconds: float = 0.2
+    bundle_seconds: float = 0.3
     drain_seconds: float = 0.0
     ws_address: str = ""
     media: str = "audio"
