@@ -11,7 +11,8 @@ side (``transforms.live.streams``) only moves states in and out of Beam state an
 * ``step(inputs, states) -> (outputs, states)``: one input per stream, many streams in one
   batched call; ``outputs[i]`` is the list of event field dicts stream ``i`` produced (often
   empty). Rows are independent: a stream's outputs do not depend on which other streams
-  share the batch.
+  share the batch. The states passed in are not changed: ``step`` returns new ones (a worker
+  hands the states it stored back with read-only arrays instead of decoding them again).
 * ``finalize(state) -> outputs``: the end of the stream; flushes what the state still holds.
   ``finalize_many(states)`` ends several streams at once; engines that can batch the flush
   override it (by default it calls ``finalize`` per stream).
