@@ -17,11 +17,11 @@ first), so streams that went idle or moved to another worker cost memory only un
 entries push them out.
 """
 
-import threading
-from collections import OrderedDict
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
+
+from operators.streaming.bounded_memo import BoundedMemo
 
 __all__ = ["KeyValueMemo"]
 
@@ -35,10 +35,7 @@ class KeyValueMemo:
     """
 
     def __init__(self, max_bytes: int = 256 << 20):
-        self.max_bytes = max_bytes
-        self._entries: "OrderedDict[bytes, Tuple[np.ndarray, np.ndarray]]" = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._memo = BoundedMemo(max_bytes)
 
     @staticmethod
     def _key(att_cache: np.ndarray) -> bytes:
@@ -47,11 +44,7 @@ class KeyValueMemo:
 
     def get(self, att_cache: np.ndarray) -> Optional[np.ndarray]:
         """The key/value cache ``[layers, 1, L, 2d]`` remembered for exactly ``att_cache``, or None."""
-        key = self._key(att_cache)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
+        entry = self._memo.get(self._key(att_cache))
         if entry is None:
             return None
         att, kv = entry
@@ -60,30 +53,16 @@ class KeyValueMemo:
     def put(self, att_cache: np.ndarray, kv_cache: np.ndarray) -> None:
         """Remembers ``kv_cache`` as the key/value cache of ``att_cache`` (both one stream's; the
         memo keeps both arrays, so pass arrays of their own, not views of a batch)."""
-        key = self._key(att_cache)
-        with self._lock:
-            self._drop(key)
-            if kv_cache.nbytes > self.max_bytes:
-                return
-            self._entries[key] = (att_cache, kv_cache)
-            self._bytes += kv_cache.nbytes
-            while self._bytes > self.max_bytes:
-                self._drop(next(iter(self._entries)))
+        self._memo.put(self._key(att_cache), (att_cache, kv_cache), kv_cache.nbytes)
 
     def forget(self, att_cache: np.ndarray) -> None:
         """Drops the entry of ``att_cache`` (a stream stepped on from it, restarted or ended)."""
-        with self._lock:
-            self._drop(self._key(att_cache))
-
-    def _drop(self, key: bytes) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._bytes -= entry[1].nbytes
+        self._memo.pop(self._key(att_cache))
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._memo)
 
     @property
     def nbytes(self) -> int:
         """Key/value bytes held."""
-        return self._bytes
+        return self._memo.nbytes

@@ -19,12 +19,12 @@ very record it wrote takes the state back instead of decoding it; a record writt
 or restored, is decoded. Decoding was a tenth of a live bundle at 32 streams.
 """
 
-from collections import OrderedDict
 from typing import Any, Dict, Iterable, Iterator, List, MutableMapping, Optional, Set, Tuple
 
 import numpy as np
 from apache_beam.coders import BytesCoder, StrUtf8Coder, TupleCoder
 
+from operators.streaming.bounded_memo import BoundedMemo
 from transforms.live.coder import NumpyTreeCoder
 
 Record = Tuple[str, str, bytes]
@@ -51,37 +51,26 @@ class WrittenStates:
     """
 
     def __init__(self, max_bytes: int = 256 << 20):
-        self.max_bytes = max_bytes
-        self._entries: "OrderedDict[str, Tuple[bytes, Any]]" = OrderedDict()
-        self._bytes = 0
+        self._memo = BoundedMemo(max_bytes)
 
     def get(self, stream_id: str, coded: bytes) -> Optional[Any]:
         """The state kept for ``stream_id`` if it was coded to exactly ``coded``, else None."""
-        entry = self._entries.get(stream_id)
+        entry = self._memo.get(stream_id)
         if entry is None or not (entry[0] is coded or entry[0] == coded):
             return None
-        self._entries.move_to_end(stream_id)
         return entry[1]
 
     def put(self, stream_id: str, coded: bytes, state: Any) -> None:
         """Keeps ``state`` as the one ``coded`` holds (its arrays become read-only)."""
-        self.forget(stream_id)
-        if len(coded) > self.max_bytes:
-            return
         _freeze(state)
-        self._entries[stream_id] = (coded, state)
-        self._bytes += len(coded)
-        while self._bytes > self.max_bytes:
-            self.forget(next(iter(self._entries)))
+        self._memo.put(stream_id, (coded, state), len(coded))
 
     def forget(self, stream_id: str) -> None:
         """Drops the state kept for ``stream_id`` (the stream ended)."""
-        entry = self._entries.pop(stream_id, None)
-        if entry is not None:
-            self._bytes -= len(entry[0])
+        self._memo.pop(stream_id)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._memo)
 
 
 def _freeze(tree: Any) -> None:
