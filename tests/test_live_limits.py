@@ -113,6 +113,25 @@ def test_concurrent_streams_are_capped_per_source():
     poller.close()
 
 
+def test_a_frame_handed_back_by_a_full_queue_is_admitted_once():
+    """``put_frames(wait=False)`` (the WebSocket edge) hands back what the full queue could not
+    take, already admitted; queued later, it is not admitted again, so an end-of-stream frame
+    is not refused when another stream has taken the last open slot meanwhile."""
+    from transforms.live.pollers import Poller, SourceSpec
+
+    poller = Poller(SourceSpec("tail", "/nonexistent", Budgets(live_queued_bytes=3000, live_streams=1)))
+    assert poller.put_frames([Frame("a", 0, False, 1, 16000, bytes(2000))], "test", wait=False) == []
+    left = poller.put_frames([Frame("a", 1, True, 1, 16000, bytes(2000))], "test", wait=False)
+    assert [(item.stream_id, item.seq, item.eos) for item, _ in left] == [("a", 1, True)]  # no room: handed back
+    first = poller.drain(1.0)
+    assert poller.put_frames([Frame("b", 0, False, 1, 16000, bytes(500))], "test", wait=False) == []  # a ended: b fits
+    assert poller.put_items(left) == []
+    got = first + poller.drain(1.0)
+    assert [(type(i).__name__, i.stream_id, i.seq) for i in got] == [
+        ("LiveChunk", "a", 0), ("LiveChunk", "b", 0), ("LiveChunk", "a", 1)]
+    poller.close()
+
+
 def test_live_server_listens_on_loopback_by_default():
     import argparse
 

@@ -101,30 +101,40 @@ class Poller:
         self._ready = threading.Condition()
         self._admission = StreamAdmission(spec.budgets.live_streams, spec.idle_seconds)
 
-    def put_frames(self, decoded: List[Any], source: str, wait: bool = True) -> bool:
-        """Queues decoded frames and errors of ``source``, waiting while the queue is full.
+    def put_frames(self, decoded: List[Any], source: str, wait: bool = True) -> List[Tuple[Any, int]]:
+        """Admits decoded frames of ``source`` (its errors become dead letters) and queues them,
+        waiting while the queue is full.
 
-        With ``wait`` False nothing waits: it returns False at the first item the queue has no
-        room for (the items before it are queued), so an event loop can wait in a thread instead.
+        With ``wait`` False nothing waits: it returns the admitted items the queue had no room
+        for (from the first one that did not fit), for ``put_items`` from a thread, so an event
+        loop never waits; each frame is admitted exactly once either way.
         """
+        items = []
         for item in decoded:
             now = time.time()
             error = item
             if isinstance(item, Frame):
                 error = self._admission.admit(item.stream_id, item.eos, now)
                 if error is None:
-                    if not self._put(LiveChunk(item.stream_id, item.seq, item.eos, item.kind, item.sample_rate,
-                                               item.payload, now, source), len(item.payload), wait):
-                        return False
+                    items.append((LiveChunk(item.stream_id, item.seq, item.eos, item.kind, item.sample_rate,
+                                            item.payload, now, source), len(item.payload)))
                     continue
             key = f"{item.stream_id}#{item.seq}" if item.stream_id else f"{source}#{item.seq}"
-            if not self._put(DeadLetter(key, source, STAGE, type(error).__name__, str(error)), ERROR_BYTES, wait):
-                return False
-        return True
+            items.append((DeadLetter(key, source, STAGE, type(error).__name__, str(error)), ERROR_BYTES))
+        return self.put_items(items, wait)
 
-    def put_error(self, dead: DeadLetter) -> None:
-        """Queues an error found at the edge (reported on the source's dead-letter output)."""
-        self._put(dead, ERROR_BYTES)
+    def put_error(self, dead: DeadLetter, wait: bool = True) -> List[Tuple[Any, int]]:
+        """Queues an error found at the edge (reported on the source's dead-letter output); with
+        ``wait`` False, returns it when the queue has no room (as ``put_frames`` does)."""
+        return self.put_items([(dead, ERROR_BYTES)], wait)
+
+    def put_items(self, items: List[Tuple[Any, int]], wait: bool = True) -> List[Tuple[Any, int]]:
+        """Queues ``(item, bytes)`` pairs in order; with ``wait`` False, returns those from the
+        first that did not fit (none: all queued)."""
+        for k, (item, nbytes) in enumerate(items):
+            if not self._put(item, nbytes, wait):
+                return items[k:]
+        return []
 
     @property
     def queued_bytes(self) -> int:

@@ -89,7 +89,7 @@ class WebSocketEdge:
     """Serves WebSocket clients on ``host:port`` (own thread and event loop) into ``poller``.
 
     Args:
-        poller: The live source's poller (``put_frames`` / ``put_error``).
+        poller: The live source's poller (``put_frames`` / ``put_error`` / ``put_items``).
         host, port: Listen address (port 0: any free port; ``self.port`` tells which).
         media: ``"audio"`` (live-asr) or ``"video"`` (live-video).
         model_rate: Sample rate the engine takes (audio is converted to it).
@@ -327,9 +327,9 @@ class WebSocketEdge:
 
     async def _put(self, client: _Client, frame: Frame) -> None:
         client.seq += 1
-        if not self.poller.put_frames([frame], client.conn_id, wait=False):
-            # The queue is full (back-pressure): wait for room in a thread, never in the event loop.
-            await asyncio.to_thread(self.poller.put_frames, [frame], client.conn_id)
+        left = self.poller.put_frames([frame], client.conn_id, wait=False)
+        if left:  # the queue is full (back-pressure): wait for room in a thread, never in the event loop
+            await asyncio.to_thread(self.poller.put_items, left)
 
     # Errors.
 
@@ -341,7 +341,10 @@ class WebSocketEdge:
     def _log_error(self, client: _Client, err: Exception) -> None:
         """The error as a dead letter on the job's error output (and so in its event log)."""
         error_type = getattr(err, "error_type", type(err).__name__)
-        self.poller.put_error(DeadLetter(f"{client.stream_id}#-1", client.conn_id, STAGE, error_type, str(err)))
+        left = self.poller.put_error(DeadLetter(f"{client.stream_id}#-1", client.conn_id, STAGE, error_type, str(err)),
+                                     wait=False)
+        if left:  # the queue is full: the dead letter waits for room in a thread, not in the event loop
+            self._loop.run_in_executor(None, self.poller.put_items, left)
 
     async def _send_error(self, client: _Client, err: ClientError) -> None:
         self._log_error(client, err)
